@@ -1,0 +1,29 @@
+"""Where hm_recs keeps its local state (Dagster instance, Delta lake, generated data).
+
+Everything lives under one git-ignored folder, ``./state`` in the project root by default, or the
+folder named by ``HM_STATE_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("HM_STATE_DIR", PROJECT_ROOT / "state")).resolve()
+
+
+def default_lake_uri() -> str:
+    return os.environ.get("HM_LAKE_URI", str(state_dir() / "lake"))
+
+
+def default_synthetic_dir(scale: str = "small", seed: int = 0) -> Path:
+    return state_dir() / "data" / f"synthetic-{scale}-seed{seed}"
+
+
+def shared_dir() -> Path:
+    """The read-only ../shared folder with the real H&M sample (absent outside this team's machines)."""
+    return Path(os.environ.get("HM_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
