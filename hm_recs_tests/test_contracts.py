@@ -1,0 +1,213 @@
+"""The data contract: malformed rows land in the rejects with file, line and reason; good rows all arrive."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+
+from hm_recs.data import ingest
+from hm_recs.data.delta import Lake
+from hm_recs.data.reader import ContractError
+from hm_recs.data.schema import ARTICLES, CUSTOMERS, TRANSACTIONS, find_table_file
+
+HEADER_A = ",".join(ARTICLES.column_names)
+GOOD_ARTICLE = "0108775015,0108775,Strap top,253,Vest top,Garment Upper body,1010016,Solid,9,Black,4,Dark,5,Black,1676,Jersey Basic,A,Ladieswear,1,Ladieswear,16,Womens Everyday Basics,1002,Jersey Basic,Jersey top with narrow shoulder straps."
+C1 = "a" * 64
+C2 = "b" * 64
+
+
+def article(article_id: str, product_code: str | None = None, type_no: str = "253") -> str:
+    fields = GOOD_ARTICLE.split(",")
+    fields[0] = article_id
+    fields[1] = product_code if product_code is not None else article_id[:7]
+    fields[3] = type_no
+    return ",".join(fields)
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def messy_dir(tmp_path):
+    d = tmp_path / "kaggle"
+    d.mkdir()
+    write(
+        d / "articles.csv",
+        [
+            HEADER_A,
+            article("0108775015"),  # 2 ok
+            article("0108775044"),  # 3 ok
+            article("108775051"),  # 4 malformed id (9 digits)
+            article("0108775015"),  # 5 duplicate of line 2
+            article("0200000001", product_code="0300000"),  # 6 product code does not match
+            article("0200000002", type_no="x"),  # 7 non-integer code
+            "0200000003,0200000,too,few",  # 8 wrong column count
+            '0200000004,0200000,"Name, with comma",253,Vest top,Garment Upper body,1010016,Solid,9,Black,4,Dark,5,Black,1676,Jersey Basic,A,Ladieswear,1,Ladieswear,16,Womens Everyday Basics,1002,Jersey Basic,',  # 9 ok, quoted comma, empty desc
+        ],
+    )
+    write(
+        d / "customers.csv",
+        [
+            ",".join(CUSTOMERS.column_names),
+            f"{C1},,,ACTIVE,NONE,21.0,{'p' * 64}",  # 2 ok
+            f"{C2},1.0,1.0,PRE-CREATE,Regularly,,{'q' * 64}",  # 3 ok (age empty)
+            f"{'z' * 64},,,ACTIVE,NONE,30.0,x",  # 4 malformed id (not hex)
+            f"{'c' * 64},,,ACTIVE,Weekly,30.0,x",  # 5 unknown news frequency
+            f"{'d' * 64},,,ACTIVE,NONE,250,x",  # 6 age out of range
+            f"{C1},,,ACTIVE,NONE,22.0,x",  # 7 duplicate
+        ],
+    )
+    write(
+        d / "transactions_train.csv",
+        [
+            ",".join(TRANSACTIONS.column_names),
+            f"2020-09-01,{C1},0108775015,0.0508,2",  # 2 ok
+            f"2020-09-01,{C1},0108775015,0.0508,2",  # 3 ok (second unit)
+            f"2020-09-02,{C2},0108775044,0.0169,1",  # 4 ok
+            f"2020-13-01,{C1},0108775015,0.01,2",  # 5 unparseable date
+            f"2020-02-30,{C1},0108775015,0.01,2",  # 6 not a calendar date
+            f"2020-09-03,{C1},0108775015,NaN,2",  # 7 NaN price
+            f"2020-09-03,{C1},0108775015,-0.01,2",  # 8 negative price
+            f"2020-09-03,{C1},0108775015,0.01,3",  # 9 unknown channel
+            f"2020-09-03,{C1},0999999001,0.01,2",  # 10 unknown article
+            f"2020-09-03,{'e' * 64},0108775015,0.01,2",  # 11 unknown customer
+            f"2020-09-03,{C1},0108775015,0.01",  # 12 wrong column count
+            f"2020-09-04,{C2},0200000004,0.02,1",  # 13 ok
+        ],
+    )
+    return d
+
+
+def run_all(data_dir, lake):
+    for c in (ARTICLES, CUSTOMERS, TRANSACTIONS):
+        ingest.load_raw(data_dir, c, lake)
+    a = ingest.clean(ARTICLES, lake)
+    c = ingest.clean(CUSTOMERS, lake)
+    t = ingest.clean(TRANSACTIONS, lake, ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS))
+    return a, c, t
+
+
+def rejects_by_line(lake, table):
+    rows = lake.read(ingest.REJECTS_TABLE).to_pylist()
+    return {r["line"]: r for r in rows if r["table"] == table}
+
+
+def test_every_bad_row_is_rejected_with_its_reason_and_good_rows_arrive(messy_dir, tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    a, c, t = run_all(messy_dir, lake)
+
+    assert sorted(lake.read("clean/articles").column("article_id").to_pylist()) == ["0108775015", "0108775044", "0200000004"]
+    art = rejects_by_line(lake, "articles")
+    assert set(art) == {4, 5, 6, 7, 8}
+    assert "article_id: expected 10 digits" in art[4]["reason"]
+    assert "duplicate '0108775015' (first at line 2)" in art[5]["reason"]
+    assert "is not the first 7 digits" in art[6]["reason"]
+    assert "product_type_no: expected an integer" in art[7]["reason"]
+    assert art[8]["reason"] == "wrong column count: expected 25, found 4" and art[8]["stage"] == "parse"
+    assert all(r["source_file"].endswith("articles.csv") for r in art.values())
+    assert (a.rows_in, a.rows_out, a.rejected) == (8, 3, 5)
+
+    cus = rejects_by_line(lake, "customers")
+    assert set(cus) == {4, 5, 6, 7}
+    assert "customer_id: expected 64 lowercase hex" in cus[4]["reason"]
+    assert "fashion_news_frequency" in cus[5]["fields"]
+    assert "age: expected a number in [0, 120]" in cus[6]["reason"]
+    assert "duplicate" in cus[7]["reason"]
+    assert c.rows_out == 2
+
+    tr = rejects_by_line(lake, "transactions")
+    assert set(tr) == {5, 6, 7, 8, 9, 10, 11, 12}
+    assert "t_dat" in tr[5]["fields"] and "t_dat" in tr[6]["fields"]
+    assert "price: expected a number" in tr[7]["reason"] and "price" in tr[8]["fields"]
+    assert "sales_channel_id: expected one of ['1', '2']" in tr[9]["reason"]
+    assert "is not in articles" in tr[10]["reason"]
+    assert "is not in customers" in tr[11]["reason"]
+    assert "wrong column count: expected 5, found 4" == tr[12]["reason"]
+    assert tr[7]["record"].startswith("2020-09-03,")
+
+    clean = lake.read("clean/transactions").sort_by("line")
+    assert clean.column("line").to_pylist() == [2, 3, 4, 13]
+    assert clean.schema.field("t_dat").type == pa.date32()
+    assert clean.schema.field("sales_channel_id").type == pa.int8()
+    assert (t.rows_in, t.rows_out, t.rejected) == (12, 4, 8)
+    assert t.rows_in == t.rows_out + t.rejected  # nothing lost
+    assert t.rejects["wrong column count"] == 1
+
+
+def test_rerunning_replaces_rejects_instead_of_duplicating(messy_dir, tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    run_all(messy_dir, lake)
+    first = lake.count(ingest.REJECTS_TABLE)
+    run_all(messy_dir, lake)
+    assert lake.count(ingest.REJECTS_TABLE) == first == 17
+    assert lake.count("clean/transactions") == 4
+
+
+def test_gzipped_and_parquet_inputs_read_the_same(messy_dir, tmp_path):
+    gz_dir = tmp_path / "gz"
+    gz_dir.mkdir()
+    for name in ("articles", "customers", "transactions_train"):
+        with open(messy_dir / f"{name}.csv", "rb") as src, gzip.open(gz_dir / f"{name}.csv.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    lake = Lake(str(tmp_path / "lake_gz"))
+    a, c, t = run_all(gz_dir, lake)
+    assert (a.rows_out, c.rows_out, t.rows_out) == (3, 2, 4)
+    assert set(rejects_by_line(lake, "transactions")) == {5, 6, 7, 8, 9, 10, 11, 12}
+
+    pq_dir = tmp_path / "pq"
+    pq_dir.mkdir()
+    # a Parquet copy as often shared: integer article ids without the leading zero
+    (tmp_path / "good.csv").write_text("\n".join([HEADER_A, article("0108775015"), article("0108775044")]) + "\n")
+    good = pcsv.read_csv(tmp_path / "good.csv")  # type inference makes the ids integers
+    assert good.schema.field("article_id").type == pa.int64()
+    pq.write_table(good, pq_dir / "articles.parquet")
+    shutil.copy(messy_dir / "customers.csv", pq_dir / "customers.csv")
+    shutil.copy(messy_dir / "transactions_train.csv", pq_dir / "transactions_train.csv")
+    lake = Lake(str(tmp_path / "lake_pq"))
+    a, _, t = run_all(pq_dir, lake)
+    ids = lake.read("clean/articles").column("article_id").to_pylist()
+    assert sorted(ids) == ["0108775015", "0108775044"]
+    assert t.rows_out == 3  # the transaction of article 0200000004, not in this catalogue, is rejected
+    assert "is not in articles" in rejects_by_line(lake, "transactions")[13]["reason"]
+
+
+def test_header_mismatch_and_missing_files_name_the_file(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    write(d / "transactions_train.csv", ["t_dat,customer,article_id,price,sales_channel_id", "2020-01-01,x,y,1,1"])
+    with pytest.raises(ContractError, match=r"transactions_train.csv: header does not match.*missing \['customer_id'\]"):
+        ingest.load_raw(d, TRANSACTIONS, Lake(str(tmp_path / "lake")))
+    with pytest.raises(FileNotFoundError, match="no articles file"):
+        find_table_file(d, ARTICLES)
+    write(d / "articles.csv", [HEADER_A])
+    (d / "articles.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="several files for articles"):
+        find_table_file(d, ARTICLES)
+
+
+def test_line_numbers_survive_many_blocks(tmp_path):
+    """Bad lines spread over many parser blocks keep their exact line numbers."""
+    from hm_recs.data.reader import read_raw_batches
+
+    lines = [",".join(TRANSACTIONS.column_names)]
+    bad = set()
+    for i in range(2, 3002):
+        if i % 97 == 0:
+            lines.append("2020-01-01,short")
+            bad.add(i)
+        else:
+            lines.append(f"2020-01-01,{C1},0108775015,{i},1")
+    write(tmp_path / "transactions_train.csv", lines)
+    good_lines, reject_lines = [], []
+    for batch, rejects in read_raw_batches(tmp_path / "transactions_train.csv", TRANSACTIONS, block_size=4096):
+        good_lines += batch.column("line").to_pylist()
+        reject_lines += [r.line for r in rejects]
+        assert [int(p) for p in batch.column("price").to_pylist()] == batch.column("line").to_pylist()
+    assert set(reject_lines) == bad
+    assert sorted(good_lines + reject_lines) == list(range(2, 3002))
