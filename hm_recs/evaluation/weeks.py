@@ -1,0 +1,65 @@
+"""Build the validation and test weeks of the protocol from the lake, and store model metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import pyarrow as pa
+
+from hm_recs.data.delta import Lake
+from hm_recs.evaluation.protocol import (
+    EvaluationProtocol,
+    EvaluationResult,
+    TargetWeek,
+    build_target_week,
+    results_frame,
+)
+from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
+from hm_recs.sessions.split import TimeSplit, load_time_split
+
+METRICS_TABLE = "evaluation/metrics"
+EVENTS_TABLE = "evaluation/events"
+TARGETS = ("validation", "test")
+
+
+def load_target_weeks(
+    lake: Lake, protocol: EvaluationProtocol, purchases: pd.DataFrame | None = None, split: TimeSplit | None = None
+) -> dict[str, TargetWeek]:
+    split = split or load_time_split(lake)
+    purchases = load_purchases(lake) if purchases is None else purchases
+    n_items = lake.count(ARTICLE_FEATURES)
+    return {t: build_target_week(purchases, t, *split.window(t), n_items, protocol) for t in TARGETS}
+
+
+def events_table(weeks: dict[str, TargetWeek]) -> pa.Table:
+    """The prediction events every model answers, for inspection: one row per event."""
+    parts = []
+    for name, w in weeks.items():
+        parts.append(
+            pa.table(
+                {
+                    "split": pa.array([name] * w.n_events, pa.string()),
+                    "customer_idx": pa.array(w.event_customer, pa.int64()),
+                    "target_article_idx": pa.array(w.event_target, pa.int64()),
+                    "history_length": pa.array([len(h) for h in w.event_history], pa.int64()),
+                    "session_position": pa.array([len(h) - s for h, s in zip(w.event_history, w.event_session_start, strict=True)], pa.int64()),
+                }
+            )
+        )
+    return pa.concat_tables(parts)
+
+
+def write_metrics(lake: Lake, results: Sequence[EvaluationResult], protocol: EvaluationProtocol) -> int:
+    """Replace the metric rows of these models (each evaluation asset owns its models' rows)."""
+    frame = results_frame(results)
+    frame["mask_history"] = protocol.mask_history
+    frame["collapse_repeats"] = protocol.collapse_repeats
+    frame["seconds"] = frame["model"].map({r.model: r.seconds for r in results})
+    models = sorted(frame["model"].unique())
+    predicate = "model IN (" + ", ".join(f"'{m}'" for m in models) + ")"
+    return lake.replace_where(METRICS_TABLE, pa.Table.from_pandas(frame, preserve_index=False), predicate)
+
+
+def read_metrics(lake: Lake) -> pd.DataFrame:
+    return lake.read(METRICS_TABLE).to_pandas() if lake.exists(METRICS_TABLE) else pd.DataFrame()
