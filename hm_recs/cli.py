@@ -1,0 +1,118 @@
+"""``hm-recs``: the command line of the hm_recs platform."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hm_recs.paths import default_synthetic_dir, shared_dir
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from hm_recs.synth.generator import SCALES, generate
+
+    if args.scale not in SCALES:
+        print(f"unknown scale {args.scale!r}: one of {', '.join(SCALES)}", file=sys.stderr)
+        return 2
+    report = generate(args.out, args.scale, seed=args.seed, images=args.images, workers=args.workers, log=print)
+    print(
+        f"wrote {report.articles:,} articles, {report.customers:,} customers, {report.transactions:,} transactions "
+        f"({report.start} .. {report.end}) and {report.images:,} images to {report.out}"
+    )
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from hm_recs.synth.calibration import CALIBRATION_PATH, build_calibration, write_calibration
+
+    cal = build_calibration(args.stats, args.articles)
+    path = write_calibration(cal, Path(args.out) if args.out else CALIBRATION_PATH)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    """Run the data contract on a Kaggle-layout folder into a scratch lake and print the rejects."""
+    import tempfile
+
+    from hm_recs.data import ingest
+    from hm_recs.data.delta import Lake
+    from hm_recs.data.schema import ARTICLES, CUSTOMERS, TRANSACTIONS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = Lake(tmp)
+        results = []
+        for contract in (ARTICLES, CUSTOMERS, TRANSACTIONS):
+            ingest.load_raw(args.data_dir, contract, lake)
+        results.append(ingest.clean(ARTICLES, lake))
+        results.append(ingest.clean(CUSTOMERS, lake))
+        results.append(
+            ingest.clean(TRANSACTIONS, lake, ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS))
+        )
+        for r in results:
+            print(f"{r.table:22s} in {r.rows_in:>12,}  clean {r.rows_out:>12,}  rejected {r.rejected:>8,} ({r.reject_fraction:.4%})")
+            for reason, n in r.rejects.most_common(args.top):
+                print(f"    {n:>10,}  {reason}")
+        if args.show:
+            rejects = lake.read(ingest.REJECTS_TABLE).to_pylist()[: args.show]
+            for row in rejects:
+                print(f"{row['source_file']}:{row['line']}: {row['reason']}")
+        worst = max(r.reject_fraction for r in results)
+    return 1 if worst > args.max_reject_fraction else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hm_recs.demo import run_demo
+
+    return run_demo(scale=args.scale, seed=args.seed, data_dir=args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hm-recs",
+        description="hm_recs: multimodal fashion recommendation on the H&M data (Dagster + Spark + Delta Lake).",
+        epilog="The Dagster UI: `make ui`. Data: set HM_DATA_DIR to a Kaggle-layout folder.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate a synthetic H&M dataset in the Kaggle layout")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--scale", default="small", help="tiny | small | medium | full (default: small)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0); the same seed gives the same files")
+    p.add_argument("--images", choices=["all", "none"], default="all", help="draw product photos (default: all)")
+    p.add_argument("--workers", type=int, default=2, help="processes drawing images (default: 2)")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("calibrate", help="rebuild the generator's calibration from the real aggregates")
+    p.add_argument("--stats", default=str(shared_dir() / "hm_reference_stats"), help="folder of hm_reference_stats CSVs")
+    p.add_argument("--articles", default=str(shared_dir() / "hm_articles_full" / "articles.csv"), help="a real articles.csv")
+    p.add_argument("--out", default=None, help="where to write (default: the packaged calibration.json)")
+    p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("validate", help="check a Kaggle-layout folder against the data contract and list rejects")
+    p.add_argument("data_dir", help="folder with articles, customers, transactions_train (.csv, .csv.gz or .parquet)")
+    p.add_argument("--top", type=int, default=10, help="reasons to list per table (default: 10)")
+    p.add_argument("--show", type=int, default=0, help="print the first N reject rows with file and line")
+    p.add_argument("--max-reject-fraction", type=float, default=0.01, help="exit 1 above this share (default: 0.01)")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("demo", help="materialize the pipeline on a generated sample (or HM_DATA_DIR) and print the metrics")
+    p.add_argument("--scale", default="small", help="synthetic scale when HM_DATA_DIR is not set (default: small)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help=f"Kaggle-layout folder (default: $HM_DATA_DIR or {default_synthetic_dir()})")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"hm-recs {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

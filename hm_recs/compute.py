@@ -1,0 +1,61 @@
+"""Where training runs: one description of the compute device shared by every training stage.
+
+``device`` is ``auto`` (the first GPU when there is one, else the CPU), ``cpu`` or ``cuda[:N]``;
+``num_devices`` > 1 means data-parallel training (DDP) over that many GPUs (or CPU processes);
+``precision`` is a Lightning precision string (``32-true``, ``bf16-mixed``, ``16-mixed``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    device: str = "auto"
+    num_devices: int = 1
+    precision: str = "32-true"
+
+    def __post_init__(self):
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.num_devices < 1:
+            raise ValueError("num_devices must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def torch_device(self):
+        """The device a single-process stage uses (tokenization, evaluation, plain training loops)."""
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.device!r} was asked for but torch sees no CUDA device")
+        return torch.device(self.device)
+
+    def lightning_kwargs(self) -> dict:
+        """``accelerator``, ``devices``, ``strategy`` and ``precision`` for a Lightning Trainer."""
+        dev = self.torch_device()
+        if dev.type == "cuda":
+            devices: int | list[int] = self.num_devices if self.device in ("auto", "cuda") else [dev.index or 0]
+            accelerator = "gpu"
+        else:
+            devices, accelerator = self.num_devices, "cpu"
+        multi = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
+        strategy = ("ddp" if dev.type == "cuda" else "ddp_spawn") if multi else "auto"
+        precision = self.precision
+        if dev.type == "cpu" and precision in ("16-mixed",):
+            precision = "bf16-mixed"  # fp16 autocast is GPU-only; bf16 works on CPU
+        return {"accelerator": accelerator, "devices": devices, "strategy": strategy, "precision": precision}
+
+    def describe(self) -> str:
+        dev = self.torch_device()
+        name = dev.type
+        if dev.type == "cuda":
+            import torch
+
+            name = f"{dev} ({torch.cuda.get_device_name(dev)})"
+        return f"{name}, {self.num_devices} device(s), precision {self.precision}"

@@ -1,0 +1,78 @@
+"""Baselines: popularity lists (the paper's POP, last week's and time-decayed popularity)."""
+
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from hm_recs.baselines.popularity import VARIANTS, PopularityRecommender
+from hm_recs.data.delta import Lake
+from hm_recs.defs.ingest.assets import article_features, customer_features
+from hm_recs.defs.metadata import markdown_table, table_metadata
+from hm_recs.defs.resources import LakeResource
+from hm_recs.defs.sessions.assets import sessions, time_split
+from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
+from hm_recs.sessions.split import load_time_split
+
+GROUP = "baselines"
+POPULARITY_TABLE = "baselines/popularity"
+LIST_LENGTH = 1000  # stored ranking per (variant, cutoff): enough for masking long histories
+
+
+class PopularityConfig(dg.Config):
+    half_life_days: float = 7.0  # for the time_decay variant
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"deltalake"},
+    deps=[sessions, time_split, article_features, customer_features],
+    check_specs=[dg.AssetCheckSpec("lists_are_valid_articles", asset="popularity_baselines")],
+)
+def popularity_baselines(config: PopularityConfig, lake: LakeResource) -> dg.MaterializeResult:
+    """Top articles by popularity for each variant, fit once per cutoff: before the validation week
+    (for tuning) and before the test week (training + validation data)."""
+    lk = lake.lake()
+    split = load_time_split(lk)
+    purchases = load_purchases(lk)
+    articles = lk.read(ARTICLE_FEATURES, columns=["article_idx", "article_id", "prod_name", "product_type_name", "colour_group_name"])
+    n_items = articles.num_rows
+    rows = []
+    for target, cutoff in (("validation", split.validation_start), ("test", split.test_start)):
+        for variant in VARIANTS:
+            model = PopularityRecommender(variant, config.half_life_days).fit(
+                purchases["article_idx"].to_numpy(), purchases["t_dat"].to_numpy(), n_items, cutoff, LIST_LENGTH
+            )
+            for rank, idx in enumerate(model.ranking, start=1):
+                rows.append({"variant": variant, "target": target, "cutoff": cutoff, "rank": rank, "article_idx": int(idx), "score": float(model.scores[idx])})
+    table = pa.Table.from_pylist(rows)
+    ids = articles.column("article_id").take(pa.array(table.column("article_idx").to_numpy()))
+    table = table.append_column("article_id", ids)
+    lk.write(POPULARITY_TABLE, table)
+
+    meta = table_metadata(lk, POPULARITY_TABLE, preview_rows=0)
+    by_idx = {r["article_idx"]: r for r in articles.to_pylist()}
+    for variant in VARIANTS:
+        top = [r for r in rows if r["variant"] == variant and r["target"] == "test" and r["rank"] <= 12]
+        preview = pa.Table.from_pylist(
+            [{"rank": r["rank"], "article_id": by_idx[r["article_idx"]]["article_id"], "name": by_idx[r["article_idx"]]["prod_name"],
+              "type": by_idx[r["article_idx"]]["product_type_name"], "colour": by_idx[r["article_idx"]]["colour_group_name"], "score": round(r["score"], 2)} for r in top]
+        )
+        meta[f"top12_{variant}"] = dg.MetadataValue.md(markdown_table(preview))
+    valid = bool(np.all((table.column("article_idx").to_numpy() >= 0) & (table.column("article_idx").to_numpy() < n_items)))
+    return dg.MaterializeResult(
+        metadata=meta,
+        check_results=[dg.AssetCheckResult(check_name="lists_are_valid_articles", passed=valid, metadata={"catalogue_size": n_items})],
+    )
+
+
+def load_popularity(lake: Lake, variant: str, target: str) -> PopularityRecommender:
+    """A fitted popularity model from its stored ranking."""
+    t = lake.read(POPULARITY_TABLE, columns=["variant", "target", "rank", "article_idx", "score"])
+    rows = sorted((r for r in t.to_pylist() if r["variant"] == variant and r["target"] == target), key=lambda r: r["rank"])
+    if not rows:
+        raise ValueError(f"{POPULARITY_TABLE} has no ranking for {variant}/{target}: materialize popularity_baselines")
+    model = PopularityRecommender(variant)
+    model.ranking = np.array([r["article_idx"] for r in rows], np.int64)
+    model.scores = None
+    return model

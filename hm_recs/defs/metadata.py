@@ -1,0 +1,56 @@
+"""Dagster metadata for Delta tables and plots: row counts, versions, schemas, previews, images."""
+
+
+import base64
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+
+from hm_recs.data.delta import Lake
+from hm_recs.paths import state_dir
+
+
+def table_metadata(lake: Lake, name: str, preview_rows: int = 5, preview_columns: list[str] | None = None) -> dict:
+    table = lake.table(name)
+    schema = pa.schema(table.schema().to_arrow())
+    meta = {
+        "dagster/row_count": dg.MetadataValue.int(lake.count(name)),
+        "delta_version": dg.MetadataValue.int(table.version()),
+        "table_uri": dg.MetadataValue.path(lake.uri(name)),
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(f.name, str(f.type), description=None) for f in schema]
+        ),
+    }
+    partitions = table.metadata().partition_columns
+    if partitions:
+        meta["partition_columns"] = dg.MetadataValue.text(", ".join(partitions))
+    if preview_rows:
+        head = lake.dataset(name).head(preview_rows, columns=preview_columns)
+        meta["preview"] = dg.MetadataValue.md(markdown_table(head))
+    return meta
+
+
+def markdown_table(table: pa.Table, max_chars: int = 60) -> str:
+    cols = table.column_names
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in table.to_pylist():
+        cells = []
+        for c in cols:
+            v = "" if row[c] is None else str(row[c])
+            cells.append((v[: max_chars - 1] + "…" if len(v) > max_chars else v).replace("|", "\\|"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def image_metadata(png: bytes, name: str, title: str) -> dict:
+    """A plot saved under ``state/plots`` and shown inline in the Dagster UI (markdown image)."""
+    folder = state_dir() / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    path.write_bytes(png)
+    encoded = base64.b64encode(png).decode()
+    return {
+        name: dg.MetadataValue.md(f"**{title}**\n\n![{title}](data:image/png;base64,{encoded})"),
+        f"{name}_path": dg.MetadataValue.path(str(Path(path))),
+    }

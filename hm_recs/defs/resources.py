@@ -1,0 +1,133 @@
+"""Every resource of the hm_recs code location, configured in one place.
+
+Defaults run on a laptop with nothing to set up; each can be pointed elsewhere by environment
+variable (the production deployment in ``infra/`` does so) or in the Dagster launchpad:
+
+=====================  ==============================  ==========================================
+resource               default                         environment
+=====================  ==============================  ==========================================
+``hm_data``            generated ``small`` sample       ``HM_DATA_DIR`` (a Kaggle-layout folder)
+``lake``               ``./state/lake``                 ``HM_LAKE_URI`` (+ ``AWS_*`` for ``s3://``)
+``pyspark``            ``local[*]``                     ``HM_SPARK_MASTER``, ``HM_SPARK_DRIVER_MEMORY``
+``compute``            ``auto`` (GPU if any), 1, fp32   ``HM_DEVICE``, ``HM_NUM_DEVICES``, ``HM_PRECISION``
+``evaluation_protocol``  no masking, repeats collapsed  launchpad config
+=====================  ==============================  ==========================================
+"""
+
+
+import os
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+from pydantic import Field
+
+from hm_recs.compute import DeviceSpec
+from hm_recs.data.delta import Lake
+from hm_recs.evaluation.protocol import EvaluationProtocol
+from hm_recs.paths import default_lake_uri, default_synthetic_dir, state_dir
+from hm_recs.sessions.spark import spark_conf
+
+
+class HMDataResource(dg.ConfigurableResource):
+    """Where the H&M files are: a folder in the Kaggle layout (CSV, gzipped CSV or Parquet)."""
+
+    data_dir: str = Field(description="Kaggle-layout folder: articles, customers, transactions_train, images/")
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The Delta lake: a local folder or an object-store URI (``s3://bucket/prefix``)."""
+
+    root: str = Field(description="Folder or URI that holds the project's Delta tables")
+    aws_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto, ...)")
+    aws_access_key_id: str | None = Field(default=None, description="set from an EnvVar, never in a file")
+    aws_secret_access_key: str | None = Field(default=None, description="set from an EnvVar, never in a file")
+    aws_region: str | None = None
+    aws_allow_http: bool = False
+
+    def storage_options(self) -> dict[str, str]:
+        opts = {
+            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.aws_access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.aws_secret_access_key,
+            "AWS_REGION": self.aws_region,
+        }
+        opts = {k: v for k, v in opts.items() if v}
+        if self.aws_allow_http:
+            opts["AWS_ALLOW_HTTP"] = "true"
+        if opts:
+            opts.setdefault("AWS_S3_ALLOW_UNSAFE_RENAME", "true")
+        return opts
+
+    def lake(self) -> Lake:
+        return Lake(self.root, self.storage_options())
+
+    def scratch_dir(self) -> str:
+        """A local folder for staging files (Spark output before it enters Delta)."""
+        path = state_dir() / "scratch"
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """The compute device every training stage shares: auto / cpu / cuda[:N], devices, precision."""
+
+    device: str = "auto"
+    num_devices: int = 1
+    precision: str = "32-true"
+
+    def spec(self) -> DeviceSpec:
+        return DeviceSpec(self.device, self.num_devices, self.precision)
+
+
+class EvaluationProtocolResource(dg.ConfigurableResource):
+    """The one protocol every model's evaluation asset applies (see hm_recs.evaluation.protocol)."""
+
+    mask_history: bool = False
+    collapse_repeats: bool = True
+    n_bootstrap: int = 1000
+    seed: int = 0
+
+    def protocol(self) -> EvaluationProtocol:
+        return EvaluationProtocol(
+            mask_history=self.mask_history, collapse_repeats=self.collapse_repeats, n_bootstrap=self.n_bootstrap, seed=self.seed
+        )
+
+
+def _env_or(name: str, default: str) -> str | dg.EnvVar:
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+_AWS_ENV = (
+    ("aws_endpoint_url", "HM_S3_ENDPOINT_URL"),
+    ("aws_access_key_id", "AWS_ACCESS_KEY_ID"),
+    ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+    ("aws_region", "AWS_REGION"),
+)
+
+
+def configured_lake() -> Lake:
+    """The lake the code location's resources point at, for use outside a run (CLI, demo, tests)."""
+    aws = {k: os.environ[env] for k, env in _AWS_ENV if os.environ.get(env)}
+    return LakeResource(root=default_lake_uri(), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws).lake()
+
+
+def build_resources() -> dict[str, object]:
+    aws = {k: dg.EnvVar(env) for k, env in _AWS_ENV if os.environ.get(env)}
+    return {
+        "hm_data": HMDataResource(data_dir=_env_or("HM_DATA_DIR", str(default_synthetic_dir()))),
+        "lake": LakeResource(root=_env_or("HM_LAKE_URI", default_lake_uri()), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws),
+        "pyspark": PySparkResource(
+            spark_config=spark_conf(driver_memory=os.environ.get("HM_SPARK_DRIVER_MEMORY", "4g"))
+        ),
+        "evaluation_protocol": EvaluationProtocolResource(),
+        "compute": ComputeResource(
+            device=os.environ.get("HM_DEVICE", "auto"),
+            num_devices=int(os.environ.get("HM_NUM_DEVICES", "1")),
+            precision=os.environ.get("HM_PRECISION", "32-true"),
+        ),
+    }
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(resources=build_resources())

@@ -1,0 +1,57 @@
+"""Plots as PNG bytes (matplotlib, no display): shown in Dagster metadata and logged to MLflow."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def line_plot(series: Mapping[str, Sequence[float]], title: str, xlabel: str, ylabel: str, x: Sequence | None = None) -> bytes:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, ys in series.items():
+        ax.plot(list(x) if x is not None else range(1, len(ys) + 1), list(ys), label=name, marker="o" if len(ys) < 30 else None)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    return _png(fig)
+
+
+def metric_bars(rows: Sequence[Mapping], metric: str, title: str | None = None) -> bytes:
+    """Bars per (model, split) with 95 % interval whiskers; ``rows`` have model, split, value, ci_low, ci_high."""
+    rows = [r for r in rows if r["metric"] == metric]
+    labels = [f"{r['model']}\n{r['split']}" for r in rows]
+    values = [r["value"] for r in rows]
+    err = [[r["value"] - r["ci_low"] for r in rows], [r["ci_high"] - r["value"] for r in rows]]
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 3.5))
+    ax.bar(range(len(rows)), values, yerr=err, capsize=4, color="#4c72b0")
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} with 95 % bootstrap intervals")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def daily_counts(dates: Sequence, counts: Sequence[int], title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(list(dates), list(counts), lw=1)
+    ax.set_title(title)
+    ax.set_ylabel("transactions")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    return _png(fig)

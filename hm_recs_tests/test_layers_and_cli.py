@@ -1,0 +1,81 @@
+"""The two layers stay apart, the compute-device description, and the command line."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hm_recs.cli import build_parser, main
+from hm_recs.compute import DeviceSpec
+from hm_recs.paths import PROJECT_ROOT
+
+CORE = ["data", "synth", "sessions", "evaluation", "baselines", "compute.py", "plots.py", "paths.py"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0] if node.level == 0 else "")
+            if node.module.startswith("hm_recs.defs"):
+                names.add("hm_recs.defs")
+    return names
+
+
+@pytest.mark.parametrize("part", CORE)
+def test_core_never_imports_dagster(part):
+    root = PROJECT_ROOT / "hm_recs" / part
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+    assert files
+    for f in files:
+        mods = imported_modules(f)
+        assert not {"dagster", "dagster_pyspark", "hm_recs.defs"} & mods, f"{f} imports the Dagster layer"
+
+
+def test_device_spec():
+    spec = DeviceSpec("cpu", 1, "32-true")
+    assert str(spec.torch_device()) == "cpu"
+    assert spec.lightning_kwargs() == {"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "32-true"}
+    assert DeviceSpec("cpu", 2).lightning_kwargs()["strategy"] == "ddp_spawn"
+    assert DeviceSpec("cpu", 1, "16-mixed").lightning_kwargs()["precision"] == "bf16-mixed"
+    with pytest.raises(ValueError):
+        DeviceSpec("tpu")
+    with pytest.raises(ValueError):
+        DeviceSpec("cpu", 1, "8-bit")
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("synth", "calibrate", "validate", "demo"):
+        assert cmd in out
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).parent / "hm-recs"
+    out = subprocess.run([str(exe), "synth", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--scale" in out.stdout and "tiny | small | medium | full" in out.stdout
+
+
+def test_synth_and_validate_commands(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "d"), "--scale", "tiny", "--seed", "3", "--images", "none"]) == 0
+    assert "12,000 transactions" in capsys.readouterr().out
+    assert main(["validate", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "clean/transactions" in out and "rejected        0" in out
+    with open(tmp_path / "d" / "transactions_train.csv", "a") as f:
+        f.write("2020-09-22,nothex,0108775015,0.01,2\n" * 500)
+    assert main(["validate", str(tmp_path / "d"), "--show", "1"]) == 1  # 500 of 12,500 rejected: over 1 %
+    out = capsys.readouterr().out
+    assert "customer_id: expected" in out and "transactions_train.csv:12002:" in out
+    assert main(["synth", "--out", str(tmp_path / "e"), "--scale", "huge"]) == 2
+    assert main(["validate", str(tmp_path / "missing")]) == 2
