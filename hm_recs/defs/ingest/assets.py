@@ -10,8 +10,9 @@ from hm_recs.data.images import build_image_manifest
 from hm_recs.data.preprocess import article_features as build_article_features
 from hm_recs.data.preprocess import customer_features as build_customer_features
 from hm_recs.data.schema import ARTICLES, CUSTOMERS, TRANSACTIONS, TableContract, find_table_file
-from hm_recs.defs.metadata import markdown_table, table_metadata
+from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
 from hm_recs.defs.resources import HMDataResource, LakeResource
+from hm_recs.plots import daily_counts
 from hm_recs.sessions.purchases import ARTICLE_FEATURES, CUSTOMER_FEATURES
 
 IMAGE_MANIFEST = "images/manifest"
@@ -135,6 +136,10 @@ def clean_transactions(config: CleanConfig, lake: LakeResource) -> dg.Materializ
         lo, hi = pc.min_max(dates).values()
         meta["first_day"] = dg.MetadataValue.text(str(lo.as_py()))
         meta["last_day"] = dg.MetadataValue.text(str(hi.as_py()))
+        days, counts = _value_counts(dates)
+        order = sorted(range(len(days)), key=days.__getitem__)
+        png = daily_counts([days[i] for i in order], [counts[i] for i in order], "Clean transactions per day")
+        meta.update(image_metadata(png, "daily_transactions", "Transactions per day"))
     return dg.MaterializeResult(metadata=meta, check_results=[_reject_check(result, "clean_transactions", config)])
 
 
