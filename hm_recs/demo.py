@@ -13,6 +13,8 @@ from hm_recs.paths import PROJECT_ROOT, default_synthetic_dir, state_dir
 
 # keep the terminal readable: the full event log is in the instance (and the UI)
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# small model settings so that the whole demo stays within minutes on a laptop
+DEMO_MODELS = {"ops": {"gru4rec_model": {"config": {"preset": "demo"}}}}
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 
@@ -77,8 +79,8 @@ def run_pipeline(defs, instance, lake, log=print) -> tuple[dict[str, float], dic
     timings["sessionize"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    log("3/3 evaluate: time split, baselines, evaluation")
-    results["evaluate"] = defs.resolve_job_def("evaluate").execute_in_process(instance=instance, run_config=QUIET)
+    log("3/3 evaluate: time split, baselines, GRU4Rec training, evaluation")
+    results["evaluate"] = defs.resolve_job_def("evaluate").execute_in_process(instance=instance, run_config={**QUIET, **DEMO_MODELS})
     timings["evaluate"] = time.perf_counter() - t
     return timings, results
 

@@ -27,3 +27,8 @@ def default_synthetic_dir(scale: str = "small", seed: int = 0) -> Path:
 def shared_dir() -> Path:
     """The read-only ../shared folder with the real H&M sample (absent outside this team's machines)."""
     return Path(os.environ.get("HM_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
+
+
+def models_dir() -> Path:
+    """Where trained models and their checkpoints live (``state/models``)."""
+    return state_dir() / "models"

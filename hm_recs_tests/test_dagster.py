@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
 EXPECTED_ASSETS = {
     "raw_articles", "raw_customers", "raw_transactions", "clean_articles", "clean_customers", "clean_transactions",
     "image_manifest", "article_features", "customer_features", "sessions", "time_split", "popularity_baselines",
-    "evaluation_events", "popularity_evaluation",
+    "evaluation_events", "popularity_evaluation", "gru4rec_model", "gru4rec_evaluation",
 }
 
 
@@ -32,7 +32,7 @@ def test_definitions_load_with_groups_checks_and_resources():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == EXPECTED_ASSETS
     groups = {graph.get(dg.AssetKey(k)).group_name for k in keys}
-    assert groups == {"ingest", "sessions", "baselines", "evaluation"}
+    assert groups == {"ingest", "sessions", "baselines", "models", "evaluation"}
     checked = {c.asset_key.to_user_string() for c in graph.asset_check_keys}
     for group in groups:  # at least one asset check per group
         assert any(graph.get(dg.AssetKey(k)).group_name == group for k in checked), group
@@ -70,11 +70,13 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
         assert ev.metadata["rejected"].value == 0 and ev.metadata["dagster/row_count"].value == 12_000
 
         metrics = read_metrics(lake)
-        assert set(metrics["model"]) == {"pop_all_time", "pop_last_week", "pop_time_decay"}
+        assert set(metrics["model"]) == {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_session", "gru4rec_warm"}
         assert set(metrics["split"]) == {"validation", "test"}
         assert metrics["value"].between(0, 1).all()
         map12 = metrics[(metrics["metric"] == "MAP@12")].set_index(["model", "split"])["value"]
         assert map12.max() > 0
+        gru = instance.get_latest_materialization_event(dg.AssetKey("gru4rec_evaluation")).asset_materialization
+        assert "Recall@20" in gru.metadata["table2"].value and gru.metadata["vs_pop_recall20_validation"].value["diff"] > 0
 
         # re-running ingestion is idempotent: same rows, a new Delta version
         before = (lake.count("clean/transactions"), lake.version("clean/transactions"))

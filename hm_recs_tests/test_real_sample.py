@@ -37,9 +37,13 @@ def test_pipeline_on_the_real_sample(spark, tmp_path, monkeypatch):
         assert meta("time_split")["validation_start"].value == "2020-09-09"
         # the real customers' club status is over 90 % ACTIVE: dropped as the paper does
         assert "club_member_status" in meta("customer_features")["dropped_columns"].value
+        # GRU4Rec trained on the real sessions and was judged on both protocols
+        assert meta("gru4rec_model")["validation_events"].value > 1000
+        table2 = meta("gru4rec_evaluation")["table2"].value
+        assert "| validation |" in table2 and "| test |" in table2
 
     assert lake.count(SESSIONS_TABLE) == 31_662
     metrics = read_metrics(lake)
     test_map = metrics[(metrics.metric == "MAP@12") & (metrics.split == "test")].set_index("model")["value"]
-    assert set(test_map.index) == {"pop_all_time", "pop_last_week", "pop_time_decay"}
+    assert set(test_map.index) == {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_session", "gru4rec_warm"}
     assert (metrics["value"] >= 0).all() and (metrics["value"] <= 1).all()
