@@ -214,14 +214,18 @@ class SampleStore:
     def _refill(self) -> None:
         u = torch.rand(self.rows * self.n_sample, generator=self.generator, device=self.device)
         self.store = torch.searchsorted(self.cdf, u, right=True).clamp_(max=len(self.cdf) - 1).view(self.rows, self.n_sample)
+        self.log_q = torch.log(self.probability)[self.store]  # the logQ correction, looked up once
         self.pointer = 0
 
     def draw(self) -> torch.Tensor:
+        return self.draw_with_log_q()[0]
+
+    def draw_with_log_q(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pointer >= self.rows:
             self._refill()
-        out = self.store[self.pointer]
+        out, log_q = self.store[self.pointer], self.log_q[self.pointer]
         self.pointer += 1
-        return out
+        return out, log_q
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +238,7 @@ def _uniform_init(t: torch.Tensor, scale0: float = 1.0, scale1: float = 1.0) -> 
 
 
 def dense_rows(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return weight[idx]
+    return F.embedding(idx, weight)
 
 
 class RowLookup:
@@ -251,11 +255,9 @@ class RowLookup:
 
     def __call__(self, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         rows, inverse = torch.unique(idx, return_inverse=True)
-        leaf = weight.detach()[rows].requires_grad_()
+        leaf = weight.detach().index_select(0, rows).requires_grad_()
         self.used.append((weight, rows, leaf))
-        if leaf.dim() == 1:
-            return leaf[inverse]
-        return F.embedding(inverse, leaf)  # its backward sums repeated rows fast
+        return F.embedding(inverse, leaf)  # its backward sums the gradient of repeated rows
 
 
 class OneHotGRULayer(nn.Module):
@@ -307,7 +309,7 @@ class GRU4RecNet(nn.Module):
             nn.init.zeros_(g.bias_ih)
             nn.init.zeros_(g.bias_hh)
         self.Wy = nn.Parameter(torch.empty(n_items, layers[-1]))
-        self.By = nn.Parameter(torch.zeros(n_items))
+        self.By = nn.Parameter(torch.zeros(n_items, 1))
         _uniform_init(self.Wy)
         self.drop_embed = nn.Dropout(cfg.dropout_p_embed)
         self.drop_hidden = nn.Dropout(cfg.dropout_p_hidden)
@@ -339,7 +341,7 @@ class GRU4RecNet(nn.Module):
         if cand is not None:
             if out_w is None:
                 out_w = lookup(self.Wy, cand)
-            out_b = lookup(self.By, cand)
+            out_b = lookup(self.By, cand).squeeze(1)
         H = list(H)
         if self.one_hot:
             h = self.first(x, H[0], lookup)
@@ -438,13 +440,14 @@ class SparseAdagradM(torch.optim.Optimizer):
         group = self._group(p)
         lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
         state = self.state[p]
-        acc = state["acc"][rows] + grad.pow(2)
-        state["acc"][rows] = acc
-        step = grad / acc.add(eps).sqrt() * -lr
+        acc = state["acc"].index_select(0, rows).addcmul_(grad, grad)
+        state["acc"].index_copy_(0, rows, acc)
+        step = grad / acc.add_(eps).sqrt_()
+        step.mul_(-lr)
         if momentum > 0:
-            step = state["mom"][rows].mul_(momentum).add_(step)
-            state["mom"][rows] = step
-        p[rows] += step
+            step = state["mom"].index_select(0, rows).mul_(momentum).add_(step)
+            state["mom"].index_copy_(0, rows, step)
+        p.index_add_(0, rows, step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,7 +516,6 @@ class GRU4Rec:
             if cfg.n_sample > 0:  # never more pre-drawn rows than the epoch has steps
                 size = min(cfg.sample_store_size, max(data.n_events, 1) * cfg.n_sample)
                 store = SampleStore(self.support, cfg.sample_alpha, cfg.n_sample, size, self.device, gen)
-            log_p_sample = torch.log(store.probability) if store is not None else None
             self.net.train()
             H = self.net.initial_state(min(cfg.batch_size, max(data.n_sessions, 1)), self.device)
             total, events, t0 = 0.0, 0, time.perf_counter()
@@ -528,11 +530,11 @@ class GRU4Rec:
                 x = torch.from_numpy(inputs).to(self.device)
                 y = torch.from_numpy(targets).to(self.device)
                 if store is not None:
-                    sample = store.draw()
+                    sample, sample_log_q = store.draw_with_log_q()
                     cand = torch.cat([y, sample])
-                    log_q = torch.cat([log_p_batch[y], log_p_sample[sample]]) if cfg.logq > 0 else None
+                    log_q = torch.cat([log_p_batch.index_select(0, y), sample_log_q]) if cfg.logq > 0 else None
                 else:
-                    cand, log_q = y, (log_p_batch[y] if cfg.logq > 0 else None)
+                    cand, log_q = y, (log_p_batch.index_select(0, y) if cfg.logq > 0 else None)
                 H = [h.detach() for h in H]
                 self.net.zero_grad(set_to_none=True)
                 lookup = RowLookup()
@@ -637,7 +639,7 @@ class GRU4Rec:
 
     @torch.no_grad()
     def score_states(self, states: torch.Tensor) -> torch.Tensor:
-        return self.net.scores(states, self.net.Wy, self.net.By)
+        return self.net.scores(states, self.net.Wy, self.net.By.squeeze(1))
 
     def evaluate_sessions(self, data: SessionData, ks: Sequence[int] = DEFAULT_KS, batch_size: int = 512, skipped: int = 0) -> dict:
         """The authors' protocol: every session from a zero state, each next item ranked against all

@@ -1,0 +1,329 @@
+"""VQGAN fine-tuning with Lightning 2, reconstruction metrics, and image tokenization.
+
+Training follows taming-transformers with Lightning 2's manual optimization (Lightning 2 has no
+``optimizer_idx``): each step updates the autoencoder (L1 + LPIPS + codebook loss, plus the
+adaptively weighted generator loss once ``disc_start`` is reached) and then the discriminator
+(hinge loss), both with Adam(betas 0.5, 0.9) at lr = accumulate x devices x batch x base_lr
+(taming's scaling; base_lr 4.5e-6 as in the paper). Devices, strategy and precision come from
+:class:`hm_recs.compute.DeviceSpec`, so the same code runs on a CPU, a GPU, or several with DDP.
+A checkpoint is written every ``checkpoint_every`` steps; a re-run resumes from the last one.
+
+Images come from the image manifest: resized (shorter side) and center-cropped to the config's
+resolution (a random crop in training), scaled to [-1, 1]. An image that fails to decode is
+skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from hm_recs.compute import DeviceSpec
+from hm_recs.models.vqgan import VQGANConfig, VQModel, psnr
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+# ---------------------------------------------------------------------------------------------
+def load_image(path: str | Path, resolution: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """Shorter side to ``resolution`` (bicubic), then a center crop (random crop with ``rng``), in [-1, 1]."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        w, h = img.size
+        scale = resolution / min(w, h)
+        nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+        img = img.resize((nw, nh), Image.BICUBIC)
+        if rng is None:
+            left, top = (nw - resolution) // 2, (nh - resolution) // 2
+        else:
+            left, top = int(rng.integers(0, nw - resolution + 1)), int(rng.integers(0, nh - resolution + 1))
+        img = img.crop((left, top, left + resolution, top + resolution))
+        arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+class ProductImages(Dataset):
+    """Product photos by path; an unreadable file yields None (dropped and counted by the collate)."""
+
+    def __init__(self, paths: Sequence[str | Path], resolution: int, random_crop: bool = False, seed: int = 0):
+        self.paths, self.resolution, self.random_crop, self.seed = [str(p) for p in paths], resolution, random_crop, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng((self.seed, i)) if self.random_crop else None
+        try:
+            return load_image(self.paths[i], self.resolution, rng)
+        except Exception:  # corrupt or vanished image: counted by SkipBad, never fatal
+            return None
+
+
+class SkipBad:
+    """Collate that drops unreadable images and counts them."""
+
+    def __init__(self):
+        self.skipped = 0
+
+    def __call__(self, batch):
+        good = [b for b in batch if b is not None]
+        self.skipped += len(batch) - len(good)
+        return torch.stack(good) if good else torch.empty(0)
+
+
+def held_out(article_id: str, every: int = 20) -> bool:
+    """A fixed ~5 % of articles (by a hash of the id) never used for training: the evaluation set."""
+    return zlib.crc32(article_id.encode()) % every == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrainingSettings:
+    max_steps: int = 1000
+    batch_size: int = 6
+    base_learning_rate: float = 4.5e-6
+    accumulate: int = 1
+    checkpoint_every: int = 100
+    num_workers: int = 0
+    seed: int = 0
+
+    def learning_rate(self, devices: int) -> float:
+        """taming's scaling: accumulate x devices x batch x base_lr."""
+        return self.accumulate * max(devices, 1) * self.batch_size * self.base_learning_rate
+
+
+@dataclass
+class TrainingResult:
+    steps: int
+    seconds: float
+    skipped_images: int
+    resumed_from_step: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _lightning_module(cfg: VQGANConfig, learning_rate: float, init_state: dict | None):
+    import lightning as L
+
+    class VQGANModule(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = VQModel(cfg)
+            if init_state:
+                self.model.load_state_dict(init_state, strict=True)
+            self.automatic_optimization = False
+            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+            self.history: dict[str, list[float]] = {}
+
+        def configure_optimizers(self):
+            ae = torch.optim.Adam(list(self.model.autoencoder_parameters()), lr=learning_rate, betas=(0.5, 0.9))
+            disc = torch.optim.Adam(self.model.loss.discriminator.parameters(), lr=learning_rate, betas=(0.5, 0.9))
+            return [ae, disc]
+
+        def training_step(self, batch, batch_idx):
+            if batch.numel() == 0:
+                return None
+            step = int(self.steps)
+            opt_ae, opt_disc = self.optimizers()
+            xrec, qloss, _ = self.model(batch)
+            loss, logs = self.model.loss.generator_loss(qloss, batch, xrec, step, self.model.last_layer())
+            opt_ae.zero_grad()
+            self.manual_backward(loss)
+            opt_ae.step()
+            # as in taming, the discriminator steps every batch; before disc_start its loss is 0
+            d_loss, d_logs = self.model.loss.discriminator_loss(batch, xrec, step)
+            opt_disc.zero_grad()
+            self.manual_backward(d_loss)
+            opt_disc.step()
+            if step >= cfg.disc_start:
+                logs.update(d_logs)
+            self.steps += 1
+            logs = {k: float(v) for k, v in logs.items()}
+            for k, v in logs.items():
+                self.history.setdefault(k, []).append(v)
+            self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, on_step=True, batch_size=len(batch))
+            return None
+
+    return VQGANModule()
+
+
+def train_vqgan(
+    cfg: VQGANConfig,
+    image_paths: Sequence[str | Path],
+    workdir: str | Path,
+    settings: TrainingSettings,
+    device: DeviceSpec = DeviceSpec("cpu"),
+    init_state: dict | None = None,
+    fingerprint: str = "",
+    progress: bool = True,
+) -> tuple[VQModel, TrainingResult]:
+    """Fine-tune (or train) a VQGAN on ``image_paths``; resumes from ``workdir/checkpoints/last.ckpt``
+    when it was made for the same ``fingerprint``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    workdir = Path(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    stamp = workdir / "fingerprint.txt"
+    if stamp.exists() and stamp.read_text() != fingerprint:
+        for old in ckpt_dir.glob("*.ckpt"):
+            old.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+    resume = ckpt_dir / "last.ckpt"
+
+    kw = device.lightning_kwargs()
+    devices = kw["devices"] if isinstance(kw["devices"], int) else len(kw["devices"])
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    module = _lightning_module(cfg, settings.learning_rate(devices), init_state)
+    collate = SkipBad()
+    loader = DataLoader(
+        ProductImages(image_paths, cfg.resolution, random_crop=True, seed=settings.seed),
+        batch_size=settings.batch_size, shuffle=True, drop_last=len(image_paths) >= settings.batch_size,
+        num_workers=settings.num_workers, collate_fn=collate, generator=torch.Generator().manual_seed(settings.seed),
+    )
+    trainer = L.Trainer(
+        max_steps=settings.max_steps * 2,  # Lightning counts both optimizers' steps
+        accumulate_grad_batches=1,
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=settings.checkpoint_every * 2, save_last=True, save_top_k=0)],
+        logger=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=str(workdir),
+        deterministic=False,
+        **kw,
+    )
+    resumed_from = 0
+    if resume.exists():
+        resumed_from = int(torch.load(resume, map_location="cpu", weights_only=True)["global_step"]) // 2
+    t0 = time.perf_counter()
+    trainer.fit(module, loader, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
+    module.model.eval()
+    result = TrainingResult(
+        steps=int(module.steps), seconds=time.perf_counter() - t0, skipped_images=collate.skipped,
+        resumed_from_step=resumed_from, history=module.history,
+    )
+    return module.model.cpu(), result
+
+
+def max_steps_for_epochs(n_images: int, batch_size: int, epochs: float) -> int:
+    return max(1, int(np.ceil(n_images / batch_size * epochs)))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation and tokenization
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ReconstructionScores:
+    images: int
+    psnr: float
+    ssim: float
+    lpips: float | None
+    lpips_note: str
+    skipped_images: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def lpips_metric(device, trunk_state: dict | None = None):
+    """The ``lpips`` package's VGG LPIPS, or None with the reason when it cannot be calibrated.
+
+    Its linear heads ship with the package; the VGG16 trunk comes from torchvision's download
+    cache or, offline, from an official VQGAN checkpoint (which carries it as
+    ``loss.perceptual_loss.net.*``). With neither, LPIPS would run on a random trunk: a number
+    that means nothing, so none is reported.
+    """
+    import lpips
+
+    try:
+        metric = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
+        return metric.to(device).eval(), "calibrated (lpips VGG, torchvision weights)"
+    except Exception as exc:  # no network and no cached torchvision VGG16
+        reason = f"{type(exc).__name__}"
+    if trunk_state:
+        metric = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+        metric.net.load_state_dict(trunk_state, strict=True)
+        return metric.to(device).eval(), "calibrated (lpips VGG heads, VGG16 trunk from the VQGAN checkpoint)"
+    return None, f"not reported: the VGG16 trunk weights are unavailable offline ({reason}); an LPIPS on a random trunk is not LPIPS"
+
+
+@torch.no_grad()
+def reconstruction_scores(model: VQModel, image_paths: Sequence[str | Path], device="cpu", batch_size: int = 16, trunk_state: dict | None = None) -> ReconstructionScores:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    model = model.to(device).eval()
+    metric, note = lpips_metric(device, trunk_state)
+    collate = SkipBad()
+    loader = DataLoader(ProductImages(image_paths, model.cfg.resolution), batch_size=batch_size, collate_fn=collate)
+    p, s, lp, n = [], [], [], 0
+    for batch in loader:
+        if batch.numel() == 0:
+            continue
+        x = batch.to(device)
+        xrec = model(x)[0].clamp(-1, 1)
+        p.append(psnr(x, xrec).cpu())
+        s.append(structural_similarity_index_measure((xrec + 1) / 2, (x + 1) / 2, data_range=1.0, reduction="none").cpu())
+        if metric is not None:
+            lp.append(metric(x, xrec).flatten().cpu())
+        n += len(x)
+    mean = lambda xs: float(torch.cat(xs).mean()) if xs else float("nan")  # noqa: E731
+    return ReconstructionScores(n, mean(p), mean(s), mean(lp) if metric is not None else None, note, collate.skipped)
+
+
+@torch.no_grad()
+def tokenize_images(model: VQModel, image_paths: Sequence[str | Path], device="cpu", batch_size: int = 64, progress: bool = True) -> tuple[list[np.ndarray | None], int]:
+    """Codes (token_grid x token_grid, int16) per image; None for an image that cannot be read."""
+    model = model.to(device).eval()
+    out: list[np.ndarray | None] = [None] * len(image_paths)
+    ds = ProductImages(image_paths, model.cfg.resolution)
+    failed = 0
+    bar = tqdm(total=len(ds), desc="tokenize", unit="img", disable=not progress)
+    for start in range(0, len(ds), batch_size):
+        idx = list(range(start, min(start + batch_size, len(ds))))
+        items = [ds[i] for i in idx]
+        good = [i for i, x in zip(idx, items, strict=True) if x is not None]
+        failed += len(idx) - len(good)
+        if good:
+            x = torch.stack([items[i - start] for i in good]).to(device)
+            codes = model.tokenize(x).cpu().numpy().astype(np.int16)
+            for i, c in zip(good, codes, strict=True):
+                out[i] = c
+        bar.update(len(idx))
+    bar.close()
+    return out, failed
+
+
+def reconstruction_grid(model: VQModel, image_paths: Sequence[str | Path], n: int = 8) -> bytes:
+    """A PNG: originals (top row) above their reconstructions (bottom row)."""
+    import io
+
+    imgs = [x for x in (ProductImages(image_paths[: n * 2], model.cfg.resolution)[i] for i in range(min(len(image_paths), n * 2))) if x is not None][:n]
+    if not imgs:
+        return b""
+    x = torch.stack(imgs)
+    with torch.no_grad():
+        xrec = model.eval()(x)[0].clamp(-1, 1)
+    grid = torch.cat([torch.cat(list(x), dim=2), torch.cat(list(xrec), dim=2)], dim=1)
+    arr = ((grid.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    scale = max(1, 96 // model.cfg.resolution)
+    img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def config_json(cfg: VQGANConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)
