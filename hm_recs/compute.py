@@ -59,3 +59,15 @@ class DeviceSpec:
 
             name = f"{dev} ({torch.cuda.get_device_name(dev)})"
         return f"{name}, {self.num_devices} device(s), precision {self.precision}"
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning notices that say nothing about this code (the frozen LPIPS is in eval mode
+    on purpose; the checkpoints are taken after whole steps)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

@@ -18,6 +18,14 @@ requires_reference_stats = pytest.mark.skipif(not (REFERENCE_STATS / "summary.cs
 requires_full_articles = pytest.mark.skipif(not FULL_ARTICLES.exists(), reason="../shared/hm_articles_full is absent")
 
 
+def pytest_configure(config):
+    """Two xdist workers on a small machine: one intra-op thread each, or torch oversubscribes the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_state(tmp_path_factory):
     """Keep tests out of the developer's ./state: every test session gets its own."""

@@ -17,6 +17,9 @@ EXPECTED_ASSETS = {
     "raw_articles", "raw_customers", "raw_transactions", "clean_articles", "clean_customers", "clean_transactions",
     "image_manifest", "article_features", "customer_features", "sessions", "time_split", "popularity_baselines",
     "evaluation_events", "popularity_evaluation", "gru4rec_model", "gru4rec_evaluation",
+    "vqgan_base_model", "vqgan_finetuned_model", "vqgan_evaluation", "image_tokens",
+    "bart_tokenizer", "bart_training_sequences", "bart_model_text_small", "bart_model_text_large",
+    "bart_model_image_full", "bart_model_image_compact", "item_index", "bart_evaluation",
 }
 
 
@@ -36,7 +39,7 @@ def test_definitions_load_with_groups_checks_and_resources():
     checked = {c.asset_key.to_user_string() for c in graph.asset_check_keys}
     for group in groups:  # at least one asset check per group
         assert any(graph.get(dg.AssetKey(k)).group_name == group for k in checked), group
-    assert {"hm_data", "lake", "pyspark", "compute", "evaluation_protocol"} <= set(defs.resources)
+    assert {"hm_data", "lake", "pyspark", "compute", "evaluation_protocol", "lancedb", "bart"} <= set(defs.resources)
 
 
 def test_dg_check_defs_passes():
@@ -47,7 +50,7 @@ def test_dg_check_defs_passes():
 
 def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, monkeypatch):
     from hm_recs.defs.resources import configured_lake
-    from hm_recs.demo import run_pipeline
+    from hm_recs.demo import SMOKE_MODELS, run_pipeline
     from hm_recs.evaluation.weeks import read_metrics
 
     monkeypatch.setenv("HM_DATA_DIR", str(tiny_dataset))
@@ -55,7 +58,7 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
     defs = load_defs()
     lake = configured_lake()
     with dg.DagsterInstance.ephemeral() as instance:
-        _, results = run_pipeline(defs, instance, lake, log=lambda s: None)
+        _, results = run_pipeline(defs, instance, lake, log=lambda s: None, models=SMOKE_MODELS)
         for name, result in results.items():
             assert result.success, name
             evaluations = result.get_asset_check_evaluations()
@@ -70,7 +73,8 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
         assert ev.metadata["rejected"].value == 0 and ev.metadata["dagster/row_count"].value == 12_000
 
         metrics = read_metrics(lake)
-        assert set(metrics["model"]) == {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_session", "gru4rec_warm"}
+        bart = {f"bart_{v}" for v in ("text_small", "text_large", "image_full", "image_compact")}
+        assert set(metrics["model"]) == {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_session", "gru4rec_warm"} | bart
         assert set(metrics["split"]) == {"validation", "test"}
         assert metrics["value"].between(0, 1).all()
         map12 = metrics[(metrics["metric"] == "MAP@12")].set_index(["model", "split"])["value"]

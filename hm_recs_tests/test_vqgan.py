@@ -114,7 +114,7 @@ def test_own_checkpoint_round_trip_is_safetensors(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k])
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="bad.safetensors"):
         load_model(tmp_path / "bad.safetensors")
 
 

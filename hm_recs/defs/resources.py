@@ -9,6 +9,7 @@ resource               default                         environment
 ``hm_data``            generated ``small`` sample       ``HM_DATA_DIR`` (a Kaggle-layout folder)
 ``lake``               ``./state/lake``                 ``HM_LAKE_URI`` (+ ``AWS_*`` for ``s3://``)
 ``pyspark``            ``local[*]``                     ``HM_SPARK_MASTER``, ``HM_SPARK_DRIVER_MEMORY``
+``lancedb``            ``./state/lancedb``              ``HM_LANCEDB_URI`` (+ ``AWS_*`` for ``s3://``)
 ``compute``            ``auto`` (GPU if any), 1, fp32   ``HM_DEVICE``, ``HM_NUM_DEVICES``, ``HM_PRECISION``
 ``evaluation_protocol``  no masking, repeats collapsed  launchpad config
 =====================  ==============================  ==========================================
@@ -68,6 +69,61 @@ class LakeResource(dg.ConfigurableResource):
         return str(path)
 
 
+class LanceDBResource(dg.ConfigurableResource):
+    """The LanceDB item index: a local folder or an object-store URI (``s3://bucket/prefix``)."""
+
+    uri: str = Field(description="Folder or URI of the LanceDB database")
+    aws_endpoint_url: str | None = None
+    aws_access_key_id: str | None = Field(default=None, description="set from an EnvVar, never in a file")
+    aws_secret_access_key: str | None = Field(default=None, description="set from an EnvVar, never in a file")
+    aws_region: str | None = None
+    aws_allow_http: bool = False
+
+    def storage_options(self) -> dict[str, str] | None:
+        opts = {
+            "aws_endpoint": self.aws_endpoint_url,
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": self.aws_secret_access_key,
+            "aws_region": self.aws_region,
+        }
+        opts = {k: v for k, v in opts.items() if v}
+        if self.aws_allow_http:
+            opts["allow_http"] = "true"
+        return opts or None
+
+
+class BartResource(dg.ConfigurableResource):
+    """What every BART asset shares: where the model comes from and the sequence budget."""
+
+    pretrained: str | None = Field(default=None, description="hub id (facebook/bart-base, the paper's) or local path; None: from config")
+    size: str = Field(default="tiny", description="from-config size when pretrained is None: tiny | small | base")
+    max_source_tokens: int = 1024
+    max_examples: int = 200_000  # training pairs per variant and target week (a random subset above)
+    variants: list[str] = ["text_small", "text_large", "image_full", "image_compact"]
+    seed: int = 0
+
+    def variant_names(self) -> list[str]:
+        from hm_recs.models.bart import VARIANTS
+
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown BART variants {unknown}: choose from {sorted(VARIANTS)}")
+        return list(self.variants)
+
+    def new_model(self, tokenizer):
+        """A model to fine-tune, its embeddings sized to ``tokenizer`` (image tokens included)."""
+        from hm_recs.models.bart import build_model
+
+        if self.pretrained:
+            from transformers import BartForConditionalGeneration
+
+            model = BartForConditionalGeneration.from_pretrained(self.pretrained)
+        else:
+            _, model = build_model(None, self.size, [], 0, self.seed, tokenizer=tokenizer)
+        model.resize_token_embeddings(len(tokenizer))
+        return model
+
+
 class ComputeResource(dg.ConfigurableResource):
     """The compute device every training stage shares: auto / cpu / cuda[:N], devices, precision."""
 
@@ -120,6 +176,8 @@ def build_resources() -> dict[str, object]:
             spark_config=spark_conf(driver_memory=os.environ.get("HM_SPARK_DRIVER_MEMORY", "4g"))
         ),
         "evaluation_protocol": EvaluationProtocolResource(),
+        "bart": BartResource(pretrained=os.environ.get("HM_BART_PRETRAINED") or None, size=os.environ.get("HM_BART_SIZE", "tiny")),
+        "lancedb": LanceDBResource(uri=_env_or("HM_LANCEDB_URI", str(state_dir() / "lancedb")), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws),
         "compute": ComputeResource(
             device=os.environ.get("HM_DEVICE", "auto"),
             num_devices=int(os.environ.get("HM_NUM_DEVICES", "1")),

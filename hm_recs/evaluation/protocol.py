@@ -91,6 +91,19 @@ class TargetWeek:
     def n_events(self) -> int:
         return len(self.event_target)
 
+    def subset(self, n_events: int, n_customers: int | None = None, seed: int = 0) -> TargetWeek:
+        """A seeded uniform sample of ``n_events`` events and ``n_customers`` MAP customers, in their
+        original order (for costly models; the sample is the same for every model given the seed)."""
+        rng = np.random.default_rng(seed)
+        n_customers = n_events if n_customers is None else n_customers
+        e = np.sort(rng.choice(self.n_events, min(n_events, self.n_events), replace=False))
+        c = np.sort(rng.choice(len(self.customers), min(n_customers, len(self.customers)), replace=False))
+        return TargetWeek(
+            self.name, self.start, self.end, self.n_items,
+            self.event_customer[e], self.event_target[e], [self.event_history[i] for i in e], self.event_session_start[e],
+            self.customers[c], [self.customer_history[i] for i in c], [self.purchases[i] for i in c],
+        )
+
 
 def build_target_week(
     purchases: pd.DataFrame, name: str, start: dt.date, end: dt.date, n_items: int, protocol: EvaluationProtocol

@@ -484,8 +484,11 @@ def load_model(path: str | Path, device="cpu") -> tuple[VQModel, dict]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     if meta.get("format") != "hm_recs.vqgan/1":
         raise ValueError(f"{path}: not a hm_recs VQGAN file (safetensors with hm_recs metadata)")
     model = VQModel(VQGANConfig.from_dict(json.loads(meta["config"])))

@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from hm_recs.compute import DeviceSpec
+from hm_recs.compute import DeviceSpec, quiet_lightning
 from hm_recs.models.vqgan import VQGANConfig, VQModel, psnr
 
 
@@ -174,6 +174,7 @@ def train_vqgan(
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    quiet_lightning()
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
     stamp = workdir / "fingerprint.txt"

@@ -13,7 +13,14 @@ from dagster import AssetExecutionContext
 from hm_recs.defs.ingest.assets import IMAGE_MANIFEST, image_manifest
 from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
 from hm_recs.defs.resources import ComputeResource, HMDataResource, LakeResource
-from hm_recs.models.vqgan import CONFIGS, VQModel, count_parameters, load_model, load_taming_checkpoint, save_model
+from hm_recs.models.vqgan import (
+    CONFIGS,
+    VQModel,
+    count_parameters,
+    load_model,
+    load_taming_checkpoint,
+    save_model,
+)
 from hm_recs.models.vqgan_training import (
     TrainingSettings,
     held_out,
