@@ -29,6 +29,10 @@ test: $(STAMP)
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+mlflow-ui: $(STAMP)
+	mkdir -p state/mlflow
+	$(BIN)/mlflow ui --backend-store-uri $${HM_MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/state/mlflow/mlflow.db} -h 127.0.0.1 -p 5000
+
 lint: $(STAMP)
 	$(BIN)/ruff check hm_recs hm_recs_tests benchmarks
 

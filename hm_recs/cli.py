@@ -68,6 +68,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(scale=args.scale, seed=args.seed, data_dir=args.data_dir)
 
 
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from hm_recs.defs.resources import configured_lake
+    from hm_recs.registry.serving import recommendations_for
+
+    if not 1 <= args.k <= 12:
+        print("hm-recs recommend: --k must be between 1 and 12 (the stored list holds 12)", file=sys.stderr)
+        return 2
+    table = recommendations_for(configured_lake(), args.customer_id, args.k)
+    if table is None:
+        print(f"hm-recs recommend: unknown customer id {args.customer_id!r}: not in the customers of the last recommendations run", file=sys.stderr)
+        return 1
+    a = table.attrs
+    print(f"customer {args.customer_id}: week from {a['week_start']}, model {a['model']} (registry version {a['version']})"
+          + (" -- no purchases yet, popularity fallback" if a["cold_start"] else ""))
+    for r in table.itertuples(index=False):
+        print(f"{r.rank:>3}  {r.article_id}  {r.prod_name}  ({r.product_type_name}, {r.colour_group_name})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hm-recs",
@@ -102,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help=f"Kaggle-layout folder (default: $HM_DATA_DIR or {default_synthetic_dir()})")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("recommend", help="print a customer's recommendations for the week after the data, with article names")
+    p.add_argument("customer_id", help="a customer_id of customers.csv (64 hex characters)")
+    p.add_argument("--k", type=int, default=12, help="how many (1..12, default: 12)")
+    p.set_defaults(func=_cmd_recommend)
     return parser
 
 

@@ -3,7 +3,6 @@ local Dagster instance, so that the runs and materializations can be browsed in 
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import time
@@ -70,16 +69,6 @@ def resolve_data_dir(data_dir: str | None, scale: str, seed: int) -> Path:
     return out
 
 
-def week_keys_covering(partitions_def, first_day: dt.date, last_day: dt.date) -> tuple[str, str]:
-    """First and last weekly partition keys whose weeks hold the given days."""
-    keys = partitions_def.get_partition_keys()
-    starts = [dt.date.fromisoformat(k) for k in keys]
-    inside = [k for k, s in zip(keys, starts, strict=True) if s + dt.timedelta(days=6) >= first_day and s <= last_day]
-    if not inside:
-        raise ValueError(f"no weekly partition covers {first_day} .. {last_day}: check HM_WEEKS_START / HM_WEEKS_END")
-    return inside[0], inside[-1]
-
-
 def run_pipeline(defs, instance, lake, log=print, models: dict | None = None, evaluate_assets: list[str] | None = None) -> tuple[dict[str, float], dict]:
     """Run the three jobs in order on ``instance``; returns seconds and the result per job.
 
@@ -92,7 +81,7 @@ def run_pipeline(defs, instance, lake, log=print, models: dict | None = None, ev
 
     from hm_recs.data.ingest import clean_table_name
     from hm_recs.data.schema import TRANSACTIONS
-    from hm_recs.defs.partitions import weekly_partitions
+    from hm_recs.defs.partitions import week_keys_covering, weekly_partitions
 
     timings, results = {}, {}
     t = time.perf_counter()
@@ -143,8 +132,23 @@ def run_demo(scale: str = "small", seed: int = 0, data_dir: str | None = None) -
     print("\nMetrics on the shared protocol (95 % bootstrap intervals):\n")
     print(format_metrics(metrics))
     print("\n" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {time.perf_counter() - start:.0f} s")
-    print("\nOpen the Dagster UI to browse the runs and materializations:  make ui  ->  http://127.0.0.1:3000")
+    print(champion_summary(lake))
+    print("\nOpen the Dagster UI to browse the runs and materializations:  make ui         ->  http://127.0.0.1:3000")
+    print("Compare the models and browse the registry in MLflow:           make mlflow-ui  ->  http://127.0.0.1:5000")
     return 0
+
+
+def champion_summary(lake) -> str:
+    """Which model serves, and where its recommendations are."""
+    from hm_recs.paths import state_dir
+    from hm_recs.registry.serving import RECOMMENDATIONS_TABLE
+
+    if not lake.exists(RECOMMENDATIONS_TABLE):
+        return "\n(no recommendations: the evaluate job did not reach them)"
+    row = lake.read(RECOMMENDATIONS_TABLE, columns=["customer_id", "model", "model_version", "week_start"]).slice(0, 1).to_pylist()[0]
+    return (f"\nChampion: {row['model']} (hm_recs_recommender v{row['model_version']}); recommendations for the week from {row['week_start']}\n"
+            f"Kaggle submission: {state_dir() / 'submissions' / 'submission.csv'}\n"
+            f"Try:  .venv/bin/hm-recs recommend {row['customer_id']}")
 
 
 def format_metrics(frame, metrics=("Recall@1", "Recall@5", "Recall@10", "Recall@20", "MRR@20", "NDCG@20", "MAP@12", "Coverage@12")) -> str:

@@ -32,3 +32,12 @@ def shared_dir() -> Path:
 def models_dir() -> Path:
     """Where trained models and their checkpoints live (``state/models``)."""
     return state_dir() / "models"
+
+
+def mlflow_dir() -> Path:
+    """The local MLflow tracking store and artifacts (``state/mlflow``)."""
+    return state_dir() / "mlflow"
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("HM_MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir() / 'mlflow.db'}"

@@ -20,6 +20,7 @@ EXPECTED_ASSETS = {
     "vqgan_base_model", "vqgan_finetuned_model", "vqgan_evaluation", "image_tokens",
     "bart_tokenizer", "bart_training_sequences", "bart_model_text_small", "bart_model_text_large",
     "bart_model_image_full", "bart_model_image_compact", "item_index", "bart_evaluation",
+    "model_comparison", "recommendations",
 }
 
 
@@ -35,11 +36,11 @@ def test_definitions_load_with_groups_checks_and_resources():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == EXPECTED_ASSETS
     groups = {graph.get(dg.AssetKey(k)).group_name for k in keys}
-    assert groups == {"ingest", "sessions", "baselines", "models", "evaluation"}
+    assert groups == {"ingest", "sessions", "baselines", "models", "evaluation", "serving"}
     checked = {c.asset_key.to_user_string() for c in graph.asset_check_keys}
     for group in groups:  # at least one asset check per group
         assert any(graph.get(dg.AssetKey(k)).group_name == group for k in checked), group
-    assert {"hm_data", "lake", "pyspark", "compute", "evaluation_protocol", "lancedb", "bart"} <= set(defs.resources)
+    assert {"hm_data", "lake", "pyspark", "compute", "evaluation_protocol", "lancedb", "bart", "mlflow"} <= set(defs.resources)
 
 
 def test_dg_check_defs_passes():
@@ -81,6 +82,34 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
         assert map12.max() > 0
         gru = instance.get_latest_materialization_event(dg.AssetKey("gru4rec_evaluation")).asset_materialization
         assert "Recall@20" in gru.metadata["table2"].value and gru.metadata["vs_pop_recall20_validation"].value["diff"] > 0
+
+        # MLflow: every run ended, the models are registered, a champion serves the recommendations
+        from mlflow import MlflowClient
+
+        from hm_recs.paths import default_tracking_uri
+
+        client = MlflowClient(default_tracking_uri(), default_tracking_uri())
+        runs = client.search_runs([client.get_experiment_by_name("hm_recs").experiment_id])
+        assert runs and {r.info.status for r in runs} == {"FINISHED"}
+        names = {m.name for m in client.search_registered_models()}
+        assert {"hm_recs_pop_all_time", "hm_recs_gru4rec", "hm_recs_vqgan", "hm_recs_bart_text_large", "hm_recs_recommender"} <= names
+        champion = client.get_model_version_by_alias("hm_recs_recommender", "champion")
+        assert champion.tags["status"] == "champion"
+        comparison = instance.get_latest_materialization_event(dg.AssetKey("model_comparison")).asset_materialization
+        assert "MAP@12" in comparison.metadata["comparison"].value and "mlflow_run" in comparison.metadata
+
+        # the Kaggle submission: every customer, 12 article ids each; the CLI on a known and an unknown id
+        import pandas as pd
+
+        from hm_recs.cli import main as cli
+        from hm_recs.paths import state_dir
+
+        sub = pd.read_csv(state_dir() / "submissions" / "submission.csv", dtype=str)
+        customers = pd.read_csv(tiny_dataset / "customers.csv", dtype=str)["customer_id"]
+        assert list(sub.columns) == ["customer_id", "prediction"] and set(sub["customer_id"]) == set(customers)
+        assert sub["prediction"].str.split().map(len).eq(12).all()
+        assert cli(["recommend", sub["customer_id"].iloc[0], "--k", "5"]) == 0
+        assert cli(["recommend", "0" * 64]) == 1
 
         # re-running ingestion is idempotent: same rows, a new Delta version
         before = (lake.count("clean/transactions"), lake.version("clean/transactions"))

@@ -2,7 +2,7 @@
 
 A Dagster run has one partitioning, so the graph runs as three jobs: ``ingest`` (unpartitioned),
 ``sessionize`` (weekly partitions; a backfill of many weeks is one Spark run) and ``evaluate``
-(split, baselines, model training and every evaluation). ``hm-recs demo`` runs them in order; in the UI,
+(split, baselines, training, evaluation, comparison, promotion, recommendations). ``hm-recs demo`` runs them in order; in the UI,
 "Materialize all" launches the same as one backfill.
 """
 
@@ -13,6 +13,6 @@ ingest_job = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("i
 sessionize_job = dg.define_asset_job("sessionize", selection=dg.AssetSelection.assets("sessions"), description="Spark sessionization of the selected weeks")
 evaluate_job = dg.define_asset_job(
     "evaluate",
-    selection=dg.AssetSelection.groups("sessions", "baselines", "models", "evaluation") - dg.AssetSelection.assets("sessions"),
-    description="Time split, baselines, model training and the evaluation of every model on the shared protocol",
+    selection=dg.AssetSelection.groups("sessions", "baselines", "models", "evaluation", "serving") - dg.AssetSelection.assets("sessions"),
+    description="Time split, baselines, model training, evaluation on the shared protocol, comparison, champion promotion and the week's recommendations",
 )

@@ -11,11 +11,13 @@ resource               default                         environment
 ``pyspark``            ``local[*]``                     ``HM_SPARK_MASTER``, ``HM_SPARK_DRIVER_MEMORY``
 ``lancedb``            ``./state/lancedb``              ``HM_LANCEDB_URI`` (+ ``AWS_*`` for ``s3://``)
 ``compute``            ``auto`` (GPU if any), 1, fp32   ``HM_DEVICE``, ``HM_NUM_DEVICES``, ``HM_PRECISION``
+``mlflow``             ``./state/mlflow`` (SQLite)      ``HM_MLFLOW_TRACKING_URI``, ``HM_MLFLOW_ARTIFACTS``, ``HM_MLFLOW_UI``
 ``evaluation_protocol``  no masking, repeats collapsed  launchpad config
 =====================  ==============================  ==========================================
 """
 
 
+import contextlib
 import os
 
 import dagster as dg
@@ -25,7 +27,8 @@ from pydantic import Field
 from hm_recs.compute import DeviceSpec
 from hm_recs.data.delta import Lake
 from hm_recs.evaluation.protocol import EvaluationProtocol
-from hm_recs.paths import default_lake_uri, default_synthetic_dir, state_dir
+from hm_recs.paths import default_lake_uri, default_synthetic_dir, default_tracking_uri, mlflow_dir, state_dir
+from hm_recs.registry.tracking import TrackingSettings, tracked_run
 from hm_recs.sessions.spark import spark_conf
 
 
@@ -124,6 +127,35 @@ class BartResource(dg.ConfigurableResource):
         return model
 
 
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry: a local SQLite store by default, an ``http://`` server in production."""
+
+    tracking_uri: str = Field(description="sqlite:///..., http://host:5000 or postgresql://...")
+    artifact_location: str | None = Field(default=None, description="folder or s3:// prefix for the experiment's artifacts")
+    experiment: str = "hm_recs"
+    ui_url: str = Field(default="http://127.0.0.1:5000", description="where the MLflow UI answers, for links in Dagster metadata")
+
+    def settings(self) -> TrackingSettings:
+        return TrackingSettings(self.tracking_uri, self.artifact_location, self.experiment)
+
+    def run_url(self, run) -> str:
+        return f"{self.ui_url.rstrip('/')}/{run.url_path}"
+
+    @contextlib.contextmanager
+    def run(self, context, name: str | None = None, lake: Lake | None = None, tables: tuple[str, ...] = ()):
+        """One MLflow run for this asset materialization, tagged with the Dagster run, asset and
+        partition, with the input tables' versions; ended FINISHED or FAILED, never left RUNNING."""
+        key = context.asset_key.to_user_string()
+        tags = {
+            "dagster.run_id": context.run.run_id, "dagster.asset_key": key, "dagster.job": context.job_name,
+            "dagster.partition": context.partition_key if context.has_partition_key else None,
+        }
+        with tracked_run(self.settings(), name or key or context.op.name, tags) as run:
+            if lake is not None and tables:
+                run.log_inputs({t: (lake.uri(t), lake.version(t)) for t in tables if lake.exists(t)})
+            yield run
+
+
 class ComputeResource(dg.ConfigurableResource):
     """The compute device every training stage shares: auto / cpu / cuda[:N], devices, precision."""
 
@@ -178,6 +210,11 @@ def build_resources() -> dict[str, object]:
         "evaluation_protocol": EvaluationProtocolResource(),
         "bart": BartResource(pretrained=os.environ.get("HM_BART_PRETRAINED") or None, size=os.environ.get("HM_BART_SIZE", "tiny")),
         "lancedb": LanceDBResource(uri=_env_or("HM_LANCEDB_URI", str(state_dir() / "lancedb")), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws),
+        "mlflow": MLflowResource(
+            tracking_uri=_env_or("HM_MLFLOW_TRACKING_URI", default_tracking_uri()),
+            artifact_location=_env_or("HM_MLFLOW_ARTIFACTS", str(mlflow_dir() / "artifacts")),
+            ui_url=os.environ.get("HM_MLFLOW_UI", "http://127.0.0.1:5000"),
+        ),
         "compute": ComputeResource(
             device=os.environ.get("HM_DEVICE", "auto"),
             num_devices=int(os.environ.get("HM_NUM_DEVICES", "1")),

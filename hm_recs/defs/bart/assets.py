@@ -12,12 +12,14 @@ from dagster import AssetExecutionContext
 from hm_recs.defs.evaluation.assets import evaluation_events, metrics_are_sane, protocol_metadata
 from hm_recs.defs.ingest.assets import article_features
 from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
+from hm_recs.defs.registry.logged_models import log_recommender, mlflow_metadata
 from hm_recs.defs.resources import (
     BartResource,
     ComputeResource,
     EvaluationProtocolResource,
     LakeResource,
     LanceDBResource,
+    MLflowResource,
 )
 from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.defs.vqgan.assets import CODEBOOK, IMAGE_TOKENS, image_tokens
@@ -156,39 +158,57 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
         check_specs=[dg.AssetCheckSpec("training_loss_decreased", asset=f"bart_model_{variant}")],
         description=f"BART fine-tuned on the `{variant}` sequences ({VARIANTS[variant]}).",
     )
-    def _model(context: AssetExecutionContext, config: BartTrainingConfig, bart: BartResource, lake: LakeResource, compute: ComputeResource) -> dg.MaterializeResult:
-        from hm_recs.models.bart import Examples
-
+    def _model(context: AssetExecutionContext, config: BartTrainingConfig, bart: BartResource, lake: LakeResource, compute: ComputeResource,
+               mlflow: MLflowResource) -> dg.MaterializeResult:
         lk = lake.lake()
-        tokenizer = _tokenizer()
-        spec = compute.spec()
-        meta, curves = {"device": spec.describe()}, {}
-        targets = TARGETS if config.refit_for_test else ("validation",)
-        for target in targets:
-            rows = lk.read(SEQUENCES, filters=[("variant", "=", variant), ("target_week", "=", target)]).to_pandas()
-            ex = Examples(rows["source"].tolist(), rows["target"].tolist(), rows["target_article_idx"].to_numpy(),
-                          rows["customer_idx"].to_numpy(), rows["items_in_source"].to_numpy(), rows["history_items"].to_numpy())
-            model = bart.new_model(tokenizer)
-            settings = BartTrainingSettings(config.learning_rate, config.epochs, config.batch_size, config.accumulate,
-                                            bart.max_source_tokens, 48, config.checkpoint_every, config.max_steps, 0, config.seed)
-            fingerprint = hashlib.sha256(json.dumps([variant, target, settings_dict(settings), bart.pretrained, bart.size, lk.version(SEQUENCES)]).encode()).hexdigest()
-            context.log.info(f"{variant}/{target}: {len(ex.sources)} examples on {spec.describe()}")
-            result = train_bart(model, tokenizer, ex, bart_model_dir(variant, target) / "run", settings, spec, fingerprint)
-            save_bart(model, tokenizer, bart_model_dir(variant, target) / "model", {"variant": variant, "target": target, "steps": result.steps})
-            curves[target] = result.loss
-            meta.update({
-                f"{target}_examples": len(ex.sources), f"{target}_steps": result.steps,
-                f"{target}_tokens_per_second": round(result.tokens_per_second, 1), f"{target}_seconds": round(result.seconds, 1),
-                f"{target}_resumed_from_step": result.resumed_from_step,
-                f"{target}_path": dg.MetadataValue.path(str(bart_model_dir(variant, target) / "model")),
-            })
-        smooth = {k: np.convolve(v, np.ones(max(1, len(v) // 30)) / max(1, len(v) // 30), mode="valid").tolist() for k, v in curves.items() if v}
-        if smooth:
-            meta.update(image_metadata(line_plot(smooth, f"BART {variant}: training loss", "batch", "cross-entropy"), f"bart_{variant}_loss", "Training loss"))
-        ok = all(len(v) < 4 or np.mean(v[-max(1, len(v) // 10):]) < np.mean(v[: max(1, len(v) // 10)]) for v in curves.values())
-        return dg.MaterializeResult(metadata=meta, check_results=[dg.AssetCheckResult(check_name="training_loss_decreased", passed=bool(ok))])
+        with mlflow.run(context, f"bart_model_{variant}", lk, (SEQUENCES,)) as run:
+            run.log_params({"variant": variant, **config.model_dump(), "pretrained": bart.pretrained, "size": bart.size,
+                            "max_source_tokens": bart.max_source_tokens, "max_examples": bart.max_examples})
+            result, plot = _train_variant(context, variant, config, bart, lk, compute, run)
+            if plot:
+                run.log_image(plot, f"bart_{variant}_loss.png")
+            (bart_dir() / variant).mkdir(parents=True, exist_ok=True)
+            (bart_dir() / variant / "mlflow_run_id").write_text(run.run_id)  # the evaluation registers the grounded model here
+            result.metadata.update(mlflow_metadata(mlflow, run))
+        return result
 
     return _model
+
+
+def _train_variant(context, variant: str, config: BartTrainingConfig, bart: BartResource, lk, compute: ComputeResource, run):
+    from hm_recs.models.bart import Examples
+
+    tokenizer = _tokenizer()
+    spec = compute.spec()
+    meta, curves = {"device": spec.describe()}, {}
+    targets = TARGETS if config.refit_for_test else ("validation",)
+    for target in targets:
+        rows = lk.read(SEQUENCES, filters=[("variant", "=", variant), ("target_week", "=", target)]).to_pandas()
+        ex = Examples(rows["source"].tolist(), rows["target"].tolist(), rows["target_article_idx"].to_numpy(),
+                      rows["customer_idx"].to_numpy(), rows["items_in_source"].to_numpy(), rows["history_items"].to_numpy())
+        model = bart.new_model(tokenizer)
+        settings = BartTrainingSettings(config.learning_rate, config.epochs, config.batch_size, config.accumulate,
+                                        bart.max_source_tokens, 48, config.checkpoint_every, config.max_steps, 0, config.seed)
+        fingerprint = hashlib.sha256(json.dumps([variant, target, settings_dict(settings), bart.pretrained, bart.size, lk.version(SEQUENCES)]).encode()).hexdigest()
+        context.log.info(f"{variant}/{target}: {len(ex.sources)} examples on {spec.describe()}")
+        result = train_bart(model, tokenizer, ex, bart_model_dir(variant, target) / "run", settings, spec, fingerprint)
+        run.log_curve(f"{target}_loss", result.loss)
+        run.log_metrics({f"{target}_tokens_per_second": result.tokens_per_second, f"{target}_seconds": result.seconds, f"{target}_steps": result.steps})
+        save_bart(model, tokenizer, bart_model_dir(variant, target) / "model", {"variant": variant, "target": target, "steps": result.steps})
+        curves[target] = result.loss
+        meta.update({
+            f"{target}_examples": len(ex.sources), f"{target}_steps": result.steps,
+            f"{target}_tokens_per_second": round(result.tokens_per_second, 1), f"{target}_seconds": round(result.seconds, 1),
+            f"{target}_resumed_from_step": result.resumed_from_step,
+            f"{target}_path": dg.MetadataValue.path(str(bart_model_dir(variant, target) / "model")),
+        })
+    smooth = {k: np.convolve(v, np.ones(max(1, len(v) // 30)) / max(1, len(v) // 30), mode="valid").tolist() for k, v in curves.items() if v}
+    plot = None
+    if smooth:
+        plot = line_plot(smooth, f"BART {variant}: training loss", "batch", "cross-entropy")
+        meta.update(image_metadata(plot, f"bart_{variant}_loss", "Training loss"))
+    ok = all(len(v) < 4 or np.mean(v[-max(1, len(v) // 10):]) < np.mean(v[: max(1, len(v) // 10)]) for v in curves.values())
+    return dg.MaterializeResult(metadata=meta, check_results=[dg.AssetCheckResult(check_name="training_loss_decreased", passed=bool(ok))]), plot
 
 
 bart_models = {v: _bart_model_asset(v) for v in VARIANTS}
@@ -263,7 +283,8 @@ class BartEvaluationConfig(dg.Config):
     check_specs=[dg.AssetCheckSpec("metrics_are_sane", asset="bart_evaluation"), dg.AssetCheckSpec("grounding_returns_valid_articles", asset="bart_evaluation")],
 )
 def bart_evaluation(context: AssetExecutionContext, config: BartEvaluationConfig, bart: BartResource, lake: LakeResource,
-                    lancedb: LanceDBResource, compute: ComputeResource, evaluation_protocol: EvaluationProtocolResource) -> dg.MaterializeResult:
+                    lancedb: LanceDBResource, compute: ComputeResource, evaluation_protocol: EvaluationProtocolResource,
+                    mlflow: MLflowResource) -> dg.MaterializeResult:
     """Every variant on the shared protocol (Recall / MRR / NDCG, MAP@12) and by BERTScore between
     generated and actual next-item text (the paper's Table 4), with the grounding method chosen on
     validation, how often generations match no article, and whether images help (paired bootstrap)."""
@@ -332,8 +353,49 @@ def bart_evaluation(context: AssetExecutionContext, config: BartEvaluationConfig
     meta["images_help_compact_vs_text_large_recall20"] = dg.MetadataValue.json(images_help)
     meta["events_evaluated"] = dg.MetadataValue.json({k: w.n_events for k, w in weeks.items()})
     meta["sample_generations"] = dg.MetadataValue.md(markdown_table(pa.Table.from_pylist(sample)) if sample else "")
+    registered = {}
+    for variant in variants:
+        settings = {"variant": variant, "max_source_tokens": bart.max_source_tokens, "grounding": chosen,
+                    "generations": config.generations, "batch_size": config.batch_size}
+        mv = register_bart(mlflow, lk, lancedb, variant, settings)
+        registered[variant] = f"{mv.name} v{mv.version}" if mv is not None else "not registered: no MLflow run recorded for its training"
+    meta["registered_models"] = dg.MetadataValue.json(registered)
     ok, info = metrics_are_sane(results)
     return dg.MaterializeResult(metadata=meta, check_results=[
         dg.AssetCheckResult(check_name="metrics_are_sane", passed=ok, metadata=info),
         dg.AssetCheckResult(check_name="grounding_returns_valid_articles", passed=valid),
     ])
+
+
+def register_bart(mlflow: MLflowResource, lk, lancedb: LanceDBResource, variant: str, settings: dict):
+    """Register a variant with its grounding as ``hm_recs_bart_<variant>``, logged to its training run:
+    the model, the reference encoder, the item index (copied when local) and the catalogue."""
+    import tempfile
+
+    from hm_recs.registry.tracking import TrackedRun
+
+    run_file = bart_dir() / variant / "mlflow_run_id"
+    if not run_file.exists():
+        return None
+    run = TrackedRun(mlflow.settings(), run_file.read_text().strip())
+    test_dir = bart_model_dir(variant, "test") / "model"
+    ref_dir = bart_model_dir(REFERENCE_VARIANT, "test") / "model"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        articles = lk.read(ARTICLE_FEATURES).to_pandas()
+        articles.to_parquet(tmp / "articles.parquet", index=False)
+        files = {"articles.parquet": tmp / "articles.parquet",
+                 "model": test_dir if test_dir.exists() else bart_model_dir(variant, "validation") / "model",
+                 "reference_model": ref_dir if ref_dir.exists() else bart_model_dir(REFERENCE_VARIANT, "validation") / "model"}
+        if lk.exists(IMAGE_TOKENS):
+            lk.read(IMAGE_TOKENS, columns=["article_id", "tokens"]).to_pandas().to_parquet(tmp / "tokens.parquet", index=False)
+            files["tokens.parquet"] = tmp / "tokens.parquet"
+        if lk.exists(CODEBOOK):
+            cb = lk.read(CODEBOOK).to_pandas().sort_values("code")
+            np.save(tmp / "codebook.npy", np.stack(cb["embedding"].to_numpy()).astype(np.float32))
+            files["codebook.npy"] = tmp / "codebook.npy"
+        if "://" in lancedb.uri:
+            settings = {**settings, "index_uri": lancedb.uri}
+        else:
+            files["lancedb"] = Path(lancedb.uri)
+        return log_recommender(run, lk, "bart", f"bart_{variant}", settings, files)

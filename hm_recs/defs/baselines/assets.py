@@ -1,17 +1,23 @@
 """Baselines: popularity lists (the paper's POP, last week's and time-decayed popularity)."""
 
 
+import tempfile
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+from dagster import AssetExecutionContext
 
 from hm_recs.baselines.popularity import VARIANTS, PopularityRecommender
 from hm_recs.data.delta import Lake
 from hm_recs.defs.ingest.assets import article_features, customer_features
 from hm_recs.defs.metadata import markdown_table, table_metadata
-from hm_recs.defs.resources import LakeResource
+from hm_recs.defs.registry.logged_models import log_recommender, mlflow_metadata
+from hm_recs.defs.resources import LakeResource, MLflowResource
 from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
+from hm_recs.sessions.sessionize import SESSIONS_TABLE
 from hm_recs.sessions.split import load_time_split
 
 GROUP = "baselines"
@@ -29,10 +35,26 @@ class PopularityConfig(dg.Config):
     deps=[sessions, time_split, article_features, customer_features],
     check_specs=[dg.AssetCheckSpec("lists_are_valid_articles", asset="popularity_baselines")],
 )
-def popularity_baselines(config: PopularityConfig, lake: LakeResource) -> dg.MaterializeResult:
+def popularity_baselines(context: AssetExecutionContext, config: PopularityConfig, lake: LakeResource, mlflow: MLflowResource) -> dg.MaterializeResult:
     """Top articles by popularity for each variant, fit once per cutoff: before the validation week
-    (for tuning) and before the test week (training + validation data)."""
+    (for tuning) and before the test week (training + validation data). Each variant's test-week
+    list is registered in MLflow as ``hm_recs_pop_<variant>``."""
     lk = lake.lake()
+    with mlflow.run(context, "popularity_baselines", lk, (SESSIONS_TABLE, ARTICLE_FEATURES)) as run:
+        run.log_params({"half_life_days": config.half_life_days, "list_length": LIST_LENGTH, "variants": list(VARIANTS)})
+        meta, check = _fit_popularity(config, lk)
+        versions = {}
+        for variant in VARIANTS:
+            model = load_popularity(lk, variant, "test")
+            with tempfile.TemporaryDirectory() as tmp:
+                np.save(Path(tmp) / "ranking.npy", model.ranking)
+                versions[variant] = log_recommender(run, lk, "popularity", f"pop_{variant}", {"variant": variant}, {"ranking.npy": Path(tmp) / "ranking.npy"})
+        meta.update(mlflow_metadata(mlflow, run))
+        meta["registered_models"] = dg.MetadataValue.json({v: f"{mv.name} v{mv.version}" for v, mv in versions.items()})
+    return dg.MaterializeResult(metadata=meta, check_results=[check])
+
+
+def _fit_popularity(config: PopularityConfig, lk: Lake):
     split = load_time_split(lk)
     purchases = load_purchases(lk)
     articles = lk.read(ARTICLE_FEATURES, columns=["article_idx", "article_id", "prod_name", "product_type_name", "colour_group_name"])
@@ -60,10 +82,7 @@ def popularity_baselines(config: PopularityConfig, lake: LakeResource) -> dg.Mat
         )
         meta[f"top12_{variant}"] = dg.MetadataValue.md(markdown_table(preview))
     valid = bool(np.all((table.column("article_idx").to_numpy() >= 0) & (table.column("article_idx").to_numpy() < n_items)))
-    return dg.MaterializeResult(
-        metadata=meta,
-        check_results=[dg.AssetCheckResult(check_name="lists_are_valid_articles", passed=valid, metadata={"catalogue_size": n_items})],
-    )
+    return meta, dg.AssetCheckResult(check_name="lists_are_valid_articles", passed=valid, metadata={"catalogue_size": n_items})
 
 
 def load_popularity(lake: Lake, variant: str, target: str) -> PopularityRecommender:

@@ -12,7 +12,8 @@ from hm_recs.defs.baselines.assets import load_popularity, popularity_baselines
 from hm_recs.defs.evaluation.assets import evaluation_events, metrics_are_sane, protocol_metadata
 from hm_recs.defs.ingest.assets import article_features
 from hm_recs.defs.metadata import image_metadata, table_metadata
-from hm_recs.defs.resources import ComputeResource, EvaluationProtocolResource, LakeResource
+from hm_recs.defs.registry.logged_models import log_recommender, mlflow_metadata
+from hm_recs.defs.resources import ComputeResource, EvaluationProtocolResource, LakeResource, MLflowResource
 from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.evaluation.metrics import DEFAULT_KS, paired_bootstrap_diff
 from hm_recs.evaluation.protocol import evaluate, metric_table
@@ -76,18 +77,29 @@ class GRU4RecTrainingConfig(dg.Config):
     check_specs=[dg.AssetCheckSpec("training_loss_decreased", asset="gru4rec_model")],
 )
 def gru4rec_model(
-    context: AssetExecutionContext, config: GRU4RecTrainingConfig, lake: LakeResource, compute: ComputeResource
+    context: AssetExecutionContext, config: GRU4RecTrainingConfig, lake: LakeResource, compute: ComputeResource, mlflow: MLflowResource
 ) -> dg.MaterializeResult:
     """GRU4Rec trained on the weekly sessions: one model on the data before the validation week
     (model selection) and, with ``refit_for_test``, one on the data before the test week.
-    A checkpoint per epoch; a re-run after a kill resumes from the last finished epoch."""
+    A checkpoint per epoch; a re-run after a kill resumes from the last finished epoch. One MLflow
+    run; the test-week model is registered as ``hm_recs_gru4rec`` (warm mode: whole history)."""
     lk = lake.lake()
+    with mlflow.run(context, "gru4rec_model", lk, (SESSIONS_TABLE,)) as run:
+        result = _train_gru4rec(context, config, lk, compute, run)
+        last = gru4rec_dir("test" if config.refit_for_test else "validation") / "model.pt"
+        version = log_recommender(run, lk, "gru4rec", "gru4rec", config.gru4rec_config().to_dict(), {"model.pt": last})
+        result.metadata.update(mlflow_metadata(mlflow, run, version))
+    return result
+
+
+def _train_gru4rec(context, config: GRU4RecTrainingConfig, lk, compute: ComputeResource, run) -> dg.MaterializeResult:
     cfg = config.gru4rec_config()
     device = compute.spec().torch_device()
     split = load_time_split(lk)
     purchases = load_purchases(lk)
     version = lk.version(SESSIONS_TABLE)
     meta: dict = {"config": dg.MetadataValue.json(cfg.to_dict()), "device": dg.MetadataValue.text(str(device))}
+    run.log_params({"preset": config.preset, **cfg.to_dict(), "device": str(device), "refit_for_test": config.refit_for_test})
     losses = {}
     targets = TARGETS if config.refit_for_test else ("validation",)
     for target in targets:
@@ -98,9 +110,11 @@ def gru4rec_model(
 
         def report(epoch, loss, rate, target=target):
             context.log.info(f"{target} epoch {epoch}/{cfg.n_epochs}: loss {loss:.4f}, {rate:,.0f} events/s")
+            run.log_metrics({f"{target}_loss": loss, f"{target}_events_per_second": rate}, step=epoch)
 
         model, resumed = train_resumable(data, items, support, cfg, gru4rec_dir(target), fingerprint, device, on_epoch=report)
         model.save(gru4rec_dir(target) / "model.pt")
+        run.log_metrics({"n_parameters": sum(p.numel() for p in model.net.parameters())})
         h = model.history
         losses[target] = h.epoch_loss
         meta.update(
@@ -115,7 +129,10 @@ def gru4rec_model(
                 f"{target}_model_path": dg.MetadataValue.path(str(gru4rec_dir(target) / "model.pt")),
             }
         )
-    meta.update(image_metadata(line_plot(losses, "GRU4Rec training loss", "epoch", f"{cfg.loss} per event"), "gru4rec_loss", "Training loss per epoch"))
+    plot = line_plot(losses, "GRU4Rec training loss", "epoch", f"{cfg.loss} per event")
+    meta.update(image_metadata(plot, "gru4rec_loss", "Training loss per epoch"))
+    run.log_image(plot, "gru4rec_loss.png")
+    run.log_metrics({f"{t}_training_seconds": meta[f"{t}_training_seconds"].value for t in targets})
     decreased = all(len(v) < 2 or v[-1] < v[0] for v in losses.values())
     return dg.MaterializeResult(
         metadata=meta,

@@ -12,7 +12,8 @@ from dagster import AssetExecutionContext
 
 from hm_recs.defs.ingest.assets import IMAGE_MANIFEST, image_manifest
 from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
-from hm_recs.defs.resources import ComputeResource, HMDataResource, LakeResource
+from hm_recs.defs.registry.logged_models import log_vqgan, mlflow_metadata
+from hm_recs.defs.resources import ComputeResource, HMDataResource, LakeResource, MLflowResource
 from hm_recs.models.vqgan import (
     CONFIGS,
     VQModel,
@@ -104,12 +105,22 @@ def _usable_images(lake, data_dir: str):
     check_specs=[dg.AssetCheckSpec("reconstruction_loss_decreased", asset="vqgan_finetuned_model")],
 )
 def vqgan_finetuned_model(
-    context: AssetExecutionContext, config: VQGANFinetuneConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource
+    context: AssetExecutionContext, config: VQGANFinetuneConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource, mlflow: MLflowResource
 ) -> dg.MaterializeResult:
     """The base VQGAN fine-tuned on the product photos (all but the ~5 % held out for evaluation),
     with taming's GAN training under Lightning 2; checkpoints every ``checkpoint_every`` steps and
-    resumes after a kill."""
+    resumes after a kill. One MLflow run; registered as ``hm_recs_vqgan`` (image path -> tokens)."""
     lk = lake.lake()
+    with mlflow.run(context, "vqgan_finetuned_model", lk, (IMAGE_MANIFEST,)) as run:
+        result, path, plots = _finetune(context, config, hm_data, lk, compute, run)
+        for name, png in plots.items():
+            run.log_image(png, f"{name}.png")
+        version = log_vqgan(run, path)
+        result.metadata.update(mlflow_metadata(mlflow, run, version))
+    return result
+
+
+def _finetune(context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk, compute: ComputeResource, run):
     base, extra = load_model(vqgan_dir() / "base.safetensors")
     ids, paths = _usable_images(lk, hm_data.data_dir)
     train = [p for a, p in zip(ids, paths, strict=True) if not held_out(a)]
@@ -124,9 +135,13 @@ def vqgan_finetuned_model(
     spec = compute.spec()
     fingerprint = hashlib.sha256(json.dumps([base.cfg.to_dict(), dataclass_dict(settings), len(train), lk.version(IMAGE_MANIFEST), extra.get("source")]).encode()).hexdigest()
     context.log.info(f"fine-tuning on {len(train)} images for {steps} steps on {spec.describe()}")
+    run.log_params({**base.cfg.to_dict(), **dataclass_dict(settings), "training_images": len(train), "base_source": extra.get("source"), "device": spec.describe()})
     model, result = train_vqgan(base.cfg, train, vqgan_dir() / "finetune", settings, spec, init_state=base.state_dict(), fingerprint=fingerprint)
     path = save_model(model, vqgan_dir() / "finetuned.safetensors", extra={**extra, "steps": result.steps})
     rec = result.history.get("rec_loss", [])
+    for key, values in result.history.items():
+        run.log_curve(key, values)
+    plots = {}
     meta = {
         "steps": result.steps,
         "resumed_from_step": result.resumed_from_step,
@@ -140,16 +155,20 @@ def vqgan_finetuned_model(
     if rec:
         window = max(1, len(rec) // 50)
         smooth = np.convolve(rec, np.ones(window) / window, mode="valid").tolist()
-        meta.update(image_metadata(line_plot({"reconstruction loss": smooth}, "VQGAN fine-tuning (Figure 4)", "step", "L1 (+ LPIPS)"), "vqgan_loss", "Reconstruction loss"))
+        plots["vqgan_loss"] = line_plot({"reconstruction loss": smooth}, "VQGAN fine-tuning (Figure 4)", "step", "L1 (+ LPIPS)")
+        meta.update(image_metadata(plots["vqgan_loss"], "vqgan_loss", "Reconstruction loss"))
     grid = reconstruction_grid(model, [p for a, p in zip(ids, paths, strict=True) if held_out(a)] or train)
     if grid:
+        plots["vqgan_reconstructions"] = grid
         meta.update(image_metadata(grid, "vqgan_reconstructions", "Held-out originals (top) and reconstructions (bottom), Figure 5"))
     head = float(np.mean(rec[: max(1, len(rec) // 10)])) if rec else 0.0
     tail = float(np.mean(rec[-max(1, len(rec) // 10) :])) if rec else 0.0
-    return dg.MaterializeResult(
+    run.log_metrics({"n_parameters": count_parameters(model), "training_seconds": result.seconds, "steps": result.steps, "rec_loss_first_10pct": head, "rec_loss_last_10pct": tail})
+    result_ = dg.MaterializeResult(
         metadata=meta,
         check_results=[dg.AssetCheckResult(check_name="reconstruction_loss_decreased", passed=bool(rec) and tail < head, metadata={"first_10pct": head, "last_10pct": tail})],
     )
+    return result_, path, plots
 
 
 def dataclass_dict(obj) -> dict:

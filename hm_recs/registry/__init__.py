@@ -1,0 +1,1 @@
+"""MLflow: tracked training runs, recommenders as pyfunc models, the registry and champion promotion."""

@@ -1,0 +1,229 @@
+"""Trained models as MLflow ``pyfunc`` models.
+
+A recommender's ``predict`` takes a frame of ``customer_id`` (and optionally ``history``, the
+customer's purchases as article ids, oldest first, overriding the stored one) and returns
+``customer_id, prediction`` with ``k`` (default 12) space-separated article ids: the Kaggle
+submission row. So ``mlflow models serve -m models:/hm_recs_recommender@champion --env-manager local``
+answers recommendation requests over REST.
+
+Every recommender bundle holds the catalogue (``article_idx -> article_id``), each known customer's
+purchase history up to the end of the data, and a fallback ranking (time-decayed popularity):
+a customer with no purchases, or one the model cannot score, gets the fallback, and every list
+is filled up to ``k`` from it, so the answer is always ``k`` distinct real articles.
+
+The VQGAN is a pyfunc too: ``image_path`` in, ``tokens`` (space-separated codebook indices) and
+``status`` out.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+KINDS = ("popularity", "gru4rec", "bart")
+DEFAULT_K = 12
+
+
+# ---------------------------------------------------------------------------------------------
+# bundles: a folder with everything predict needs
+# ---------------------------------------------------------------------------------------------
+def write_recommender_bundle(
+    folder: Path,
+    kind: str,
+    articles: pd.DataFrame,
+    histories: pd.DataFrame,
+    fallback: np.ndarray,
+    settings: dict | None = None,
+    files: dict[str, Path] | None = None,
+) -> Path:
+    """``articles``: article_idx, article_id; ``histories``: customer_id, history (article_idx list).
+    ``files`` are copied in under their keys (a model file or folder)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown recommender kind {kind!r}: one of {KINDS}")
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    articles[["article_idx", "article_id"]].sort_values("article_idx").to_parquet(folder / "catalogue.parquet", index=False)
+    histories[["customer_id", "history"]].to_parquet(folder / "histories.parquet", index=False)
+    np.save(folder / "fallback.npy", np.asarray(fallback, np.int64))
+    for key, src in (files or {}).items():
+        src = Path(src)
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, folder / key)
+    (folder / "recommender.json").write_text(json.dumps({"kind": kind, "settings": settings or {}}, indent=1))
+    return folder
+
+
+def histories_frame(purchases: pd.DataFrame, customer_ids: Sequence[str]) -> pd.DataFrame:
+    """Each customer's purchases (article_idx, oldest first) from the purchases table."""
+    ordered = purchases.sort_values(["customer_idx", "t_dat", "event_idx"], kind="stable")
+    cust = ordered["customer_idx"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]]) if len(cust) else np.empty(0, np.int64)
+    items = np.split(ordered["article_idx"].to_numpy().astype(np.int32), starts[1:])
+    ids = np.asarray(customer_ids, dtype=object)
+    return pd.DataFrame({"customer_id": ids[cust[starts]] if len(cust) else [], "history": items if len(cust) else []})
+
+
+def load_bundle_recommender(folder: Path, device: str = "cpu"):
+    """The protocol ``Recommender`` a bundle describes."""
+    folder = Path(folder)
+    spec = json.loads((folder / "recommender.json").read_text())
+    kind, settings = spec["kind"], spec["settings"]
+    if kind == "popularity":
+        from hm_recs.baselines.popularity import PopularityRecommender
+
+        rec = PopularityRecommender(settings.get("variant", "all_time"))
+        rec.ranking = np.load(folder / "ranking.npy")
+        return rec
+    if kind == "gru4rec":
+        from hm_recs.models.gru4rec import GRU4Rec, GRU4RecRecommender
+
+        return GRU4RecRecommender(GRU4Rec.load(folder / "model.pt", device), mode="warm")
+    if kind == "bart":
+        from hm_recs.models.bart import VARIANTS, SourceBuilder, load_bart
+        from hm_recs.retrieval.bart_recommender import BartRecommender, catalogue_from_tables
+        from hm_recs.retrieval.item_index import ItemIndex, ItemTrie
+
+        articles = pd.read_parquet(folder / "articles.parquet")
+        tokens = pd.read_parquet(folder / "tokens.parquet") if (folder / "tokens.parquet").exists() else None
+        codebook = np.load(folder / "codebook.npy") if (folder / "codebook.npy").exists() else None
+        catalogue = catalogue_from_tables(articles, tokens, codebook)
+        tok, model, _ = load_bart(folder / "model", device)
+        ref_tok, ref_model, _ = load_bart(folder / "reference_model", device)
+        builder = SourceBuilder(catalogue, VARIANTS[settings["variant"]], tok, settings["max_source_tokens"])
+        method = settings.get("grounding", "nearest")
+        trie = ItemTrie(tok, catalogue.texts) if method == "constrained" else None
+        index = ItemIndex(settings.get("index_uri") or str(folder / "lancedb"))
+        return BartRecommender(f"bart_{settings['variant']}", model, tok, builder, index, trie, method,
+                               settings.get("generations", 4), settings.get("batch_size", 32), embedder=(ref_model, ref_tok))
+    raise ValueError(f"{folder}: unknown recommender kind {kind!r}")
+
+
+class BundleRecommender:
+    """customer ids (+ optional histories) -> k distinct article ids, with the fallback."""
+
+    def __init__(self, folder: Path, device: str = "cpu"):
+        folder = Path(folder)
+        catalogue = pd.read_parquet(folder / "catalogue.parquet")
+        self.article_ids = catalogue["article_id"].astype(str).to_numpy()
+        self.index_of = {a: i for i, a in enumerate(self.article_ids)}
+        hist = pd.read_parquet(folder / "histories.parquet")
+        self.histories = dict(zip(hist["customer_id"].astype(str), hist["history"], strict=True))
+        self.fallback = np.load(folder / "fallback.npy")
+        self.model = load_bundle_recommender(folder, device)
+        self.kind = json.loads((folder / "recommender.json").read_text())["kind"]
+
+    def known(self, customer_id: str) -> bool:
+        return customer_id in self.histories
+
+    def history_of(self, customer_id: str, override: Sequence[str] | None = None) -> np.ndarray:
+        if override is not None and len(override) > 0:
+            idx = [self.index_of.get(str(a), -1) for a in override]
+            return np.asarray([i for i in idx if i >= 0], np.int64)
+        return np.asarray(self.histories.get(customer_id, ()), np.int64)
+
+    def recommend(self, customer_ids: Sequence[str], histories: Sequence[np.ndarray], k: int = DEFAULT_K, batch: int = 512) -> np.ndarray:
+        """Catalogue indices, shape (n, k): the model's list, deduplicated, filled from the fallback."""
+        n = len(customer_ids)
+        out = np.empty((n, k), np.int64)
+        warm = [i for i, h in enumerate(histories) if len(h) > 0]
+        lists: dict[int, np.ndarray] = {}
+        for s in range(0, len(warm), batch):
+            rows = warm[s : s + batch]
+            got = self.model.recommend(np.asarray(rows), [histories[i] for i in rows], np.zeros(len(rows), np.int64), k)
+            lists.update(zip(rows, got, strict=True))
+        for i in range(n):
+            out[i] = _fill(lists.get(i, np.empty(0, np.int64)), self.fallback, k, len(self.article_ids))
+        return out
+
+    def predict_frame(self, frame: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
+        ids = frame["customer_id"].astype(str).tolist()
+        override = frame["history"].tolist() if "history" in frame.columns else [None] * len(ids)
+        histories = [self.history_of(c, o if isinstance(o, list | tuple | np.ndarray) else None) for c, o in zip(ids, override, strict=True)]
+        top = self.recommend(ids, histories, k)
+        return pd.DataFrame({"customer_id": ids, "prediction": [" ".join(self.article_ids[row]) for row in top]})
+
+
+def _fill(ranked: np.ndarray, fallback: np.ndarray, k: int, n_items: int) -> np.ndarray:
+    seen, row = set(), []
+    for i in list(ranked) + list(fallback):
+        i = int(i)
+        if 0 <= i < n_items and i not in seen:
+            seen.add(i)
+            row.append(i)
+            if len(row) == k:
+                break
+    if len(row) < k:  # a catalogue smaller than the fallback's reach: complete in catalogue order
+        row += [i for i in range(n_items) if i not in seen][: k - len(row)]
+    return np.asarray(row, np.int64)
+
+
+class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
+    """The MLflow face of ``BundleRecommender``."""
+
+    def load_context(self, context):
+        self.recommender = BundleRecommender(Path(context.artifacts["bundle"]))
+
+    def predict(self, context, model_input, params=None):
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        k = int((params or {}).get("k", DEFAULT_K))
+        return self.recommender.predict_frame(frame, k)
+
+
+class VQGANPyfunc(mlflow.pyfunc.PythonModel):
+    """Image paths -> VQGAN tokens (space-separated codebook indices); unreadable images get a status."""
+
+    def load_context(self, context):
+        from hm_recs.models.vqgan import load_model
+
+        self.model, _ = load_model(context.artifacts["weights"])
+        self.model.eval()
+
+    def predict(self, context, model_input, params=None):
+        from hm_recs.models.vqgan_training import tokenize_images
+
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        codes, _ = tokenize_images(self.model, frame["image_path"].astype(str).tolist(), progress=False)
+        return pd.DataFrame({
+            "tokens": ["" if c is None else " ".join(map(str, np.asarray(c).reshape(-1).tolist())) for c in codes],
+            "status": ["unreadable" if c is None else "ok" for c in codes],
+        })
+
+
+# ---------------------------------------------------------------------------------------------
+# signatures and logging
+# ---------------------------------------------------------------------------------------------
+def recommender_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "customer_id"), ColSpec(Array("string"), "history", required=False)]),
+        outputs=Schema([ColSpec("string", "customer_id"), ColSpec("string", "prediction")]),
+        params=ParamSchema([ParamSpec("k", "long", DEFAULT_K)]),
+    )
+
+
+def vqgan_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string", "image_path")]), outputs=Schema([ColSpec("string", "tokens"), ColSpec("string", "status")]))
+
+
+REQUIREMENTS = ["hm_recs", "mlflow", "torch", "numpy", "pandas", "pyarrow"]
+
+
+def save_pyfunc(python_model, artifacts: dict[str, str], signature, path: Path) -> Path:
+    """An MLflow model folder (no requirement inference: hm_recs is installed where it is served)."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    mlflow.pyfunc.save_model(str(path), python_model=python_model, artifacts=artifacts, signature=signature, pip_requirements=REQUIREMENTS)
+    return path

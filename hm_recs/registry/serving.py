@@ -1,0 +1,90 @@
+"""What every served recommender needs besides its model: catalogue, histories, fallback ranking,
+and the batch scoring that writes the week's recommendations and the Kaggle submission."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hm_recs.baselines.popularity import PopularityRecommender
+from hm_recs.data.delta import Lake
+from hm_recs.registry.pyfunc import histories_frame
+from hm_recs.sessions.purchases import ARTICLE_FEATURES, CUSTOMER_FEATURES, load_purchases, sorted_ids
+
+RECOMMENDATIONS_TABLE = "serving/recommendations"
+FALLBACK_LENGTH = 200
+FALLBACK = "time-decayed popularity (half-life 7 days) over every purchase up to the end of the data"
+
+
+@dataclass
+class ServingData:
+    articles: pd.DataFrame  # article_idx, article_id (+ names)
+    histories: pd.DataFrame  # customer_id, history (article_idx, oldest first)
+    fallback: np.ndarray  # article_idx, best first
+    data_end: dt.date
+
+
+def serving_data(lake: Lake) -> ServingData:
+    purchases = load_purchases(lake)
+    articles = lake.read(ARTICLE_FEATURES, columns=["article_idx", "article_id", "prod_name", "product_type_name", "colour_group_name"]).to_pandas()
+    customers = np.asarray(sorted_ids(lake, CUSTOMER_FEATURES, "customer_id").to_pylist(), dtype=object)
+    data_end = pd.Timestamp(purchases["t_dat"].max()).date()
+    pop = PopularityRecommender("time_decay").fit(
+        purchases["article_idx"].to_numpy(), purchases["t_dat"].to_numpy(), len(articles), data_end + dt.timedelta(days=1), FALLBACK_LENGTH
+    )
+    return ServingData(articles.sort_values("article_idx", ignore_index=True), histories_frame(purchases, customers), pop.ranking, data_end)
+
+
+def next_week(data_end: dt.date) -> tuple[dt.date, dt.date]:
+    """The seven days after the data: the week the recommendations are for."""
+    return data_end + dt.timedelta(days=1), data_end + dt.timedelta(days=7)
+
+
+def recommend_all(model, customer_ids: list[str], batch: int = 4096, progress: bool = True) -> pd.DataFrame:
+    """``customer_id, prediction`` for every customer, scored in batches by a pyfunc or a bundle."""
+    from tqdm import tqdm
+
+    parts = []
+    for s in tqdm(range(0, len(customer_ids), batch), desc="recommend", unit="batch", disable=not progress):
+        frame = pd.DataFrame({"customer_id": customer_ids[s : s + batch]})
+        parts.append(model.predict(frame) if hasattr(model, "predict") else model.predict_frame(frame))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"customer_id": [], "prediction": []})
+
+
+def write_submission(predictions: pd.DataFrame, customer_ids: list[str], path: Path, k: int = 12) -> Path:
+    """The Kaggle file: ``customer_id,prediction``, one row per customer of customers.csv, in its order."""
+    by_id = dict(zip(predictions["customer_id"], predictions["prediction"], strict=True))
+    missing = [c for c in customer_ids if c not in by_id]
+    if missing:
+        raise ValueError(f"submission: {len(missing)} customers have no prediction (first: {missing[0]})")
+    bad = [c for c in customer_ids if len(by_id[c].split()) != k]
+    if bad:
+        raise ValueError(f"submission: {len(bad)} predictions do not hold {k} article ids (first: {bad[0]})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pd.DataFrame({"customer_id": customer_ids, "prediction": [by_id[c] for c in customer_ids]}).to_csv(tmp, index=False)
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return path
+
+
+def recommendations_for(lk, customer_id: str, k: int = 12) -> pd.DataFrame | None:
+    """One customer's stored recommendations with article names; None when the id is unknown."""
+    import pyarrow.compute as pc
+
+    if not lk.exists(RECOMMENDATIONS_TABLE):
+        raise FileNotFoundError(f"{lk.uri(RECOMMENDATIONS_TABLE)} does not exist: materialize the recommendations asset (make demo)")
+    rows = lk.read(RECOMMENDATIONS_TABLE).filter(pc.equal(pc.field("customer_id"), customer_id)).to_pylist()
+    if not rows:
+        return None
+    ids = rows[0]["prediction"].split()[:k]
+    arts = lk.read(ARTICLE_FEATURES, columns=["article_id", "prod_name", "product_type_name", "colour_group_name"]).to_pandas().set_index("article_id")
+    out = arts.reindex(ids).reset_index()
+    out.insert(0, "rank", range(1, len(out) + 1))
+    out.attrs.update({"model": rows[0]["model"], "version": rows[0]["model_version"], "week_start": str(rows[0]["week_start"]), "cold_start": rows[0]["cold_start"]})
+    return out
+

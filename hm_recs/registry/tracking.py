@@ -1,0 +1,134 @@
+"""Tracked MLflow runs that always end: FINISHED on success, FAILED on an exception, never RUNNING.
+
+The tracking store is a URI (``sqlite:///.../mlflow.db`` by default, ``http://host:5000`` or
+``postgresql://...`` in production); artifacts go to an explicit folder or bucket per experiment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+EXPERIMENT = "hm_recs"
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    tracking_uri: str
+    artifact_location: str | None = None  # folder or s3:// prefix for new experiments
+    experiment: str = EXPERIMENT
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self) -> str:
+        client = self.client()
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        location = self.artifact_location
+        if location and "://" not in location:
+            Path(location).mkdir(parents=True, exist_ok=True)
+            location = Path(location).resolve().as_uri()
+        try:
+            return client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:  # created meanwhile by a concurrent run
+            found = client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+
+def _flat(params: Mapping, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{key}."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list | tuple) else str(v)
+    return {k: v[:6000] for k, v in out.items()}
+
+
+class TrackedRun:
+    """One MLflow run, used through the client (no global active-run state)."""
+
+    def __init__(self, settings: TrackingSettings, run_id: str):
+        self.settings, self.run_id = settings, run_id
+        self.client = settings.client()
+
+    @property
+    def url_path(self) -> str:
+        run = self.client.get_run(self.run_id)
+        return f"#/experiments/{run.info.experiment_id}/runs/{self.run_id}"
+
+    def log_params(self, params: Mapping) -> None:
+        from mlflow.entities import Param
+
+        flat = list(_flat(params).items())
+        for i in range(0, len(flat), 100):
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flat[i : i + 100]])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [Metric(k.replace("@", "_at_"), float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        if rows:
+            self.client.log_batch(self.run_id, metrics=rows)
+
+    def log_curve(self, key: str, values, start_step: int = 1) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [Metric(key, float(v), now, i) for i, v in enumerate(values, start=start_step)]
+        for i in range(0, len(rows), 1000):
+            self.client.log_batch(self.run_id, metrics=rows[i : i + 1000])
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        for k, v in tags.items():
+            if v is not None:
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def log_inputs(self, tables: Mapping[str, tuple[str, int | None]]) -> None:
+        """The exact input data: each Delta table's URI and version, as tags and an ``inputs.json``."""
+        self.set_tags({f"input.{name}": f"{uri}@v{version}" for name, (uri, version) in tables.items()})
+        self.log_text(json.dumps({n: {"uri": u, "version": v} for n, (u, v) in tables.items()}, indent=2), "inputs.json")
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def log_image(self, png: bytes, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(png)
+            self.log_artifact(path, "plots")
+
+
+@contextlib.contextmanager
+def tracked_run(settings: TrackingSettings, run_name: str, tags: Mapping[str, object] | None = None) -> Iterator[TrackedRun]:
+    """Start a run; end it FINISHED, or FAILED (with the error as a tag) when the body raises."""
+    client = settings.client()
+    run = client.create_run(settings.experiment_id(), run_name=run_name, tags={k: str(v) for k, v in (tags or {}).items() if v is not None})
+    tracked = TrackedRun(settings, run.info.run_id)
+    try:
+        yield tracked
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            client.set_tag(run.info.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+        client.set_terminated(run.info.run_id, "FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
