@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+
+# MLflow asks every PythonModel subclass for type hints at class creation; the signatures here are explicit
+warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
 KINDS = ("popularity", "gru4rec", "bart")
 DEFAULT_K = 12
@@ -222,8 +226,17 @@ REQUIREMENTS = ["hm_recs", "mlflow", "torch", "numpy", "pandas", "pyarrow"]
 
 def save_pyfunc(python_model, artifacts: dict[str, str], signature, path: Path) -> Path:
     """An MLflow model folder (no requirement inference: hm_recs is installed where it is served)."""
+    import logging
+
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
-    mlflow.pyfunc.save_model(str(path), python_model=python_model, artifacts=artifacts, signature=signature, pip_requirements=REQUIREMENTS)
+    level = logging.getLogger("mlflow.pyfunc").level
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the pickling notice: the class lives in hm_recs, not in the pickle
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example.*")  # the signature is explicit
+            mlflow.pyfunc.save_model(str(path), python_model=python_model, artifacts=artifacts, signature=signature, pip_requirements=REQUIREMENTS)
+    finally:
+        logging.getLogger("mlflow.pyfunc").setLevel(level)
     return path
