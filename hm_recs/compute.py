@@ -36,8 +36,12 @@ class DeviceSpec:
             raise RuntimeError(f"device {self.device!r} was asked for but torch sees no CUDA device")
         return torch.device(self.device)
 
-    def lightning_kwargs(self) -> dict:
-        """``accelerator``, ``devices``, ``strategy`` and ``precision`` for a Lightning Trainer."""
+    def lightning_kwargs(self, find_unused_parameters: bool = False) -> dict:
+        """``accelerator``, ``devices``, ``strategy`` and ``precision`` for a Lightning Trainer.
+
+        Several devices use DDP with spawned processes (NCCL on GPUs, gloo on CPUs): the training
+        modules are module-level classes so that they pickle, and a Dagster step stays one process
+        tree (plain ``ddp`` would re-run the command line of the Dagster process)."""
         dev = self.torch_device()
         if dev.type == "cuda":
             devices: int | list[int] = self.num_devices if self.device in ("auto", "cuda") else [dev.index or 0]
@@ -45,7 +49,7 @@ class DeviceSpec:
         else:
             devices, accelerator = self.num_devices, "cpu"
         multi = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
-        strategy = ("ddp" if dev.type == "cuda" else "ddp_spawn") if multi else "auto"
+        strategy = ("ddp_spawn_find_unused_parameters_true" if find_unused_parameters else "ddp_spawn") if multi else "auto"
         precision = self.precision
         if dev.type == "cpu" and precision in ("16-mixed",):
             precision = "bf16-mixed"  # fp16 autocast is GPU-only; bf16 works on CPU
@@ -71,3 +75,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def rank_file(path: str, rank: int) -> str:
+    """Where a DDP rank writes its training history: rank 0 ``path``, the others ``path.rankN``."""
+    return path if rank == 0 else f"{path}.rank{rank}"

@@ -30,11 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hm_recs.compute import DeviceSpec, quiet_lightning
+from hm_recs.compute import DeviceSpec, quiet_lightning, rank_file
 
 ITEM = "<item>"
 SPECIAL = ("<s>", "<pad>", "</s>", "<unk>", "<mask>", ITEM)
@@ -302,7 +303,6 @@ def train_bart(
     progress: bool = True,
 ) -> BartTrainingResult:
     """Fine-tune ``model`` in place; resumes from ``workdir/checkpoints/last.ckpt`` of the same fingerprint."""
-    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     quiet_lightning()
@@ -323,30 +323,12 @@ def train_bart(
     steps_per_epoch = max(1, len(loader) // settings.accumulate)
     max_steps = settings.max_steps or max(1, int(np.ceil(steps_per_epoch * settings.epochs)))
 
-    class BartModule(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.loss_history: list[float] = []
-            self.tokens = 0
-
-        def training_step(self, batch, batch_idx):
-            out = self.model(**batch)
-            self.tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
-            self.loss_history.append(float(out.loss.detach()))
-            self.log("train/loss", out.loss, prog_bar=True, on_step=True, batch_size=len(batch["input_ids"]))
-            return out.loss
-
-        def configure_optimizers(self):
-            opt = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate)
-            if not settings.warmup_steps:
-                return opt
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / settings.warmup_steps))
-            return [opt], [{"scheduler": sched, "interval": "step"}]
-
-    module = BartModule()
+    history_file = workdir / "history.json"
+    history_file.unlink(missing_ok=True)
+    module = BartModule(model, settings.learning_rate, settings.warmup_steps, str(history_file))
     trainer = L.Trainer(
         max_steps=max_steps,
+        max_epochs=max(1, int(np.ceil(max_steps * settings.accumulate / max(1, len(loader))))),
         accumulate_grad_batches=settings.accumulate,
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=settings.checkpoint_every, save_last=True, save_top_k=0)],
         logger=False,
@@ -360,7 +342,41 @@ def train_bart(
     trainer.fit(module, loader, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
     seconds = time.perf_counter() - t0
     model.eval()
-    return BartTrainingResult(int(trainer.global_step), seconds, module.tokens / seconds if seconds else 0.0, resumed, module.loss_history)
+    recorded = json.loads(history_file.read_text()) if history_file.exists() else {"loss": module.loss_history, "tokens": module.tokens}
+    tokens = recorded["tokens"] * trainer.world_size  # rank 0 counts its shard; the shards are the same size
+    for extra in workdir.glob("history.json.rank*"):
+        extra.unlink()
+    return BartTrainingResult(int(trainer.global_step), seconds, tokens / seconds if seconds else 0.0, resumed, recorded["loss"])
+
+
+class BartModule(L.LightningModule):
+    """BART's seq2seq cross-entropy step (AdamW, optional linear warm-up). A module-level class, so
+    that DDP can pickle it; rank 0 writes the loss history to ``history_file`` at the end."""
+
+    def __init__(self, model, learning_rate: float, warmup_steps: int = 0, history_file: str | None = None):
+        super().__init__()
+        self.model, self.learning_rate, self.warmup_steps, self.history_file = model, learning_rate, warmup_steps, history_file
+        self.loss_history: list[float] = []
+        self.tokens = 0
+
+    def training_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        self.tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
+        self.loss_history.append(float(out.loss.detach()))
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, batch_size=len(batch["input_ids"]))
+        return out.loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.learning_rate)
+        if not self.warmup_steps:
+            return opt
+        warmup = self.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        return [opt], [{"scheduler": sched, "interval": "step"}]
+
+    def on_train_end(self):
+        if self.history_file:
+            Path(rank_file(self.history_file, self.global_rank)).write_text(json.dumps({"loss": self.loss_history, "tokens": self.tokens}))
 
 
 def save_bart(model, tokenizer, folder: str | Path, extra: dict | None = None) -> Path:

@@ -23,13 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from hm_recs.compute import DeviceSpec, quiet_lightning
+from hm_recs.compute import DeviceSpec, quiet_lightning, rank_file
 from hm_recs.models.vqgan import VQGANConfig, VQModel, psnr
 
 
@@ -114,49 +115,58 @@ class TrainingResult:
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _lightning_module(cfg: VQGANConfig, learning_rate: float, init_state: dict | None):
-    import lightning as L
+class VQGANModule(L.LightningModule):
+    """Taming's two-optimizer GAN step under Lightning 2's manual optimization. A module-level class,
+    so that DDP can pickle it into its worker processes; rank 0 writes the loss history to
+    ``history_file`` at the end (the parent process of a spawned run reads it from there)."""
 
-    class VQGANModule(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = VQModel(cfg)
-            if init_state:
-                self.model.load_state_dict(init_state, strict=True)
-            self.automatic_optimization = False
-            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-            self.history: dict[str, list[float]] = {}
+    def __init__(self, cfg: VQGANConfig, learning_rate: float, init_state: dict | None = None, history_file: str | None = None):
+        super().__init__()
+        self.cfg, self.learning_rate, self.history_file = cfg, learning_rate, history_file
+        self.model = VQModel(cfg)
+        if init_state:
+            self.model.load_state_dict(init_state, strict=True)
+        self.automatic_optimization = False
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.history: dict[str, list[float]] = {}
 
-        def configure_optimizers(self):
-            ae = torch.optim.Adam(list(self.model.autoencoder_parameters()), lr=learning_rate, betas=(0.5, 0.9))
-            disc = torch.optim.Adam(self.model.loss.discriminator.parameters(), lr=learning_rate, betas=(0.5, 0.9))
-            return [ae, disc]
+    def configure_optimizers(self):
+        ae = torch.optim.Adam(list(self.model.autoencoder_parameters()), lr=self.learning_rate, betas=(0.5, 0.9))
+        disc = torch.optim.Adam(self.model.loss.discriminator.parameters(), lr=self.learning_rate, betas=(0.5, 0.9))
+        return [ae, disc]
 
-        def training_step(self, batch, batch_idx):
-            if batch.numel() == 0:
-                return None
-            step = int(self.steps)
-            opt_ae, opt_disc = self.optimizers()
-            xrec, qloss, _ = self.model(batch)
-            loss, logs = self.model.loss.generator_loss(qloss, batch, xrec, step, self.model.last_layer())
-            opt_ae.zero_grad()
-            self.manual_backward(loss)
-            opt_ae.step()
-            # as in taming, the discriminator steps every batch; before disc_start its loss is 0
-            d_loss, d_logs = self.model.loss.discriminator_loss(batch, xrec, step)
-            opt_disc.zero_grad()
-            self.manual_backward(d_loss)
-            opt_disc.step()
-            if step >= cfg.disc_start:
-                logs.update(d_logs)
-            self.steps += 1
-            logs = {k: float(v) for k, v in logs.items()}
-            for k, v in logs.items():
-                self.history.setdefault(k, []).append(v)
-            self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, on_step=True, batch_size=len(batch))
+    def training_step(self, batch, batch_idx):
+        if batch.numel() == 0:
             return None
+        step = int(self.steps)
+        opt_ae, opt_disc = self.optimizers()
+        xrec, qloss, _ = self.model(batch)
+        loss, logs = self.model.loss.generator_loss(qloss, batch, xrec, step, self.model.last_layer())
+        opt_ae.zero_grad()
+        self.manual_backward(loss)
+        opt_ae.step()
+        # as in taming, the discriminator steps every batch; before disc_start its loss is 0
+        d_loss, d_logs = self.model.loss.discriminator_loss(batch, xrec, step)
+        opt_disc.zero_grad()
+        self.manual_backward(d_loss)
+        opt_disc.step()
+        if step >= self.cfg.disc_start:
+            logs.update(d_logs)
+        self.steps += 1
+        logs = {k: float(v) for k, v in logs.items()}
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, on_step=True, batch_size=len(batch))
+        return None
 
-    return VQGANModule()
+    def on_train_end(self):
+        if self.history_file:
+            Path(rank_file(self.history_file, self.global_rank)).write_text(json.dumps({"history": self.history, "steps": int(self.steps)}))
+
+
+
+def _lightning_module(cfg: VQGANConfig, learning_rate: float, init_state: dict | None, history_file: str | None = None) -> VQGANModule:
+    return VQGANModule(cfg, learning_rate, init_state, history_file)
 
 
 def train_vqgan(
@@ -171,7 +181,6 @@ def train_vqgan(
 ) -> tuple[VQModel, TrainingResult]:
     """Fine-tune (or train) a VQGAN on ``image_paths``; resumes from ``workdir/checkpoints/last.ckpt``
     when it was made for the same ``fingerprint``."""
-    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     quiet_lightning()
@@ -184,11 +193,13 @@ def train_vqgan(
     workdir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
     resume = ckpt_dir / "last.ckpt"
+    history_file = workdir / "history.json"
+    history_file.unlink(missing_ok=True)
 
-    kw = device.lightning_kwargs()
+    kw = device.lightning_kwargs(find_unused_parameters=True)  # the generator step leaves the discriminator unused
     devices = kw["devices"] if isinstance(kw["devices"], int) else len(kw["devices"])
     L.seed_everything(settings.seed, workers=True, verbose=False)
-    module = _lightning_module(cfg, settings.learning_rate(devices), init_state)
+    module = _lightning_module(cfg, settings.learning_rate(devices), init_state, str(history_file))
     collate = SkipBad()
     loader = DataLoader(
         ProductImages(image_paths, cfg.resolution, random_crop=True, seed=settings.seed),
@@ -212,9 +223,10 @@ def train_vqgan(
     t0 = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
     module.model.eval()
+    recorded = json.loads(history_file.read_text()) if history_file.exists() else {"history": module.history, "steps": int(module.steps)}
     result = TrainingResult(
-        steps=int(module.steps), seconds=time.perf_counter() - t0, skipped_images=collate.skipped,
-        resumed_from_step=resumed_from, history=module.history,
+        steps=int(recorded["steps"]), seconds=time.perf_counter() - t0, skipped_images=collate.skipped,
+        resumed_from_step=resumed_from, history=recorded["history"],
     )
     return module.model.cpu(), result
 
