@@ -37,6 +37,8 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--nprobes", type=int, default=32)
     ap.add_argument("--refine", type=int, default=10)
+    ap.add_argument("--index-type", default="IVF_HNSW_SQ", help="IVF_HNSW_SQ (default) or IVF_PQ")
+    ap.add_argument("--skip-bart", action="store_true", help="only the index part")
     args = ap.parse_args()
 
     from hm_recs.models.bart import (
@@ -73,7 +75,7 @@ def main() -> int:
     rows = pa.table({"article_idx": np.arange(len(texts)), "article_id": arts["article_id"].tolist(),
                      "text": (arts["prod_name"] + ". " + arts["detail_desc"]).tolist(), "index_group_name": arts["index_group_name"].tolist()})
     folder = tempfile.mkdtemp()
-    settings = IndexSettings(nprobes=args.nprobes, refine_factor=args.refine)
+    settings = IndexSettings(index_type=args.index_type, nprobes=args.nprobes, refine_factor=args.refine)
     t0 = time.perf_counter()
     build_index(folder, rows, vectors, settings)
     build_s = time.perf_counter() - t0
@@ -101,7 +103,7 @@ def main() -> int:
         purchases = [(c, rng.integers(0, len(ids), 30)) for c in range(500)]
     cat = Catalogue(texts, codes, codebook, 1024)
     bart_rows = []
-    for name, variant in VARIANTS.items():
+    for name, variant in ({} if args.skip_bart else VARIANTS).items():
         builder = SourceBuilder(cat, variant, tok, 1024)
         ex = build_examples(purchases, builder, cat, 320, 0)
         _, m = build_model(None, "tiny", [], 1024, 0, tokenizer=tok)
@@ -110,12 +112,13 @@ def main() -> int:
         bart_rows.append((name, float(ex.items_in_source.mean()), res.tokens_per_second, res.seconds / res.steps))
 
     print(f"\n### LanceDB item index and BART training speed ({dt.date.today().isoformat()}, CPU, {psutil.cpu_count()} cores)\n")
-    print(f"Machine: {platform.machine()}, torch {torch.__version__}. Command: `.venv/bin/python benchmarks/bench_item_index.py --queries {args.queries}`\n")
-    print(f"Index over {len(texts):,} real articles, {vectors.shape[1]}-d cosine vectors, IVF_PQ (sqrt(n) partitions, d/8 sub-vectors), "
+    print(f"Machine: {platform.machine()}, torch {torch.__version__}. Command: `.venv/bin/python benchmarks/bench_item_index.py {' '.join(sys.argv[1:])}`\n")
+    print(f"Index over {len(texts):,} real articles, {vectors.shape[1]}-d cosine vectors, {args.index_type}, "
           f"nprobes {args.nprobes}, refine factor {args.refine}:\n")
     print("| text embedding (s) | index build incl. FTS (s) | p50 latency (ms) | p99 latency (ms) | ANN recall@12 vs exact |\n|---|---|---|---|---|")
     print(f"| {embed_s:.1f} | {build_s:.1f} | {np.percentile(lat, 50):.2f} | {np.percentile(lat, 99):.2f} | {np.mean(recall):.4f} |")
-    print("\n| BART variant (tiny, from config) | items per source (mean) | training tokens/s | s/step (batch 16) |\n|---|---|---|---|")
+    if bart_rows:
+        print("\n| BART variant (tiny, from config) | items per source (mean) | training tokens/s | s/step (batch 16) |\n|---|---|---|---|")
     for name, items, tps, sps in bart_rows:
         print(f"| {name} | {items:.1f} | {tps:,.0f} | {sps:.2f} |")
     return 0

@@ -3,7 +3,7 @@
 One row per article: its id, catalogue index, text, attributes, and a vector that joins a text
 embedding (the BART encoder's mean hidden state over the item's text) with an image embedding
 (the mean of the article's VQGAN code embeddings), each L2-normalised and weighted. The table
-gets an ANN index (IVF_PQ, cosine) for the whole catalogue, a full-text index over the
+gets an ANN index (IVF_HNSW_SQ by default, or IVF_PQ; cosine) for the whole catalogue, a full-text index over the
 descriptions, and is filtered by attribute with SQL predicates. The location is a folder or an
 object-store URI.
 
@@ -69,12 +69,17 @@ def join_vectors(text: np.ndarray, image: np.ndarray | None, image_weight: float
 # ---------------------------------------------------------------------------------------------
 # the index
 # ---------------------------------------------------------------------------------------------
+ANN_TYPES = ("IVF_HNSW_SQ", "IVF_PQ")
+
+
 @dataclass(frozen=True)
 class IndexSettings:
-    num_partitions: int | None = None  # None: about sqrt(rows)
-    num_sub_vectors: int | None = None  # None: dimension / 8
+    index_type: str = "IVF_HNSW_SQ"  # or IVF_PQ (smaller, lower recall)
+    num_partitions: int | None = None  # None: IVF_PQ about sqrt(rows); IVF_HNSW_SQ about rows / 20,000
+    num_sub_vectors: int | None = None  # IVF_PQ: None is dimension / 8
     nprobes: int = 32
     refine_factor: int = 10
+    ef: int = 64  # IVF_HNSW_SQ: candidates kept while searching a partition's graph
     ann_min_rows: int = 5000  # below this an exact scan is as fast: no ANN index is built
 
 
@@ -88,12 +93,18 @@ def build_index(uri: str, rows: pa.Table, vectors: np.ndarray, settings: IndexSe
     db = lancedb.connect(uri, storage_options=storage_options)
     tbl = db.create_table(name, data=table, mode="overwrite")
     n = table.num_rows
+    if settings.index_type not in ANN_TYPES:
+        raise ValueError(f"index_type must be one of {ANN_TYPES}, got {settings.index_type!r}")
     if n >= settings.ann_min_rows:
         for column in [c for c in ("vector", "text_vector") if c in table.column_names]:
             d = table.schema.field(column).type.list_size
-            parts = settings.num_partitions or max(1, int(np.sqrt(n)))
-            sub = settings.num_sub_vectors or max(1, d // 8 if d % 8 == 0 else 1)
-            tbl.create_index(metric="cosine", vector_column_name=column, num_partitions=parts, num_sub_vectors=sub, index_type="IVF_PQ")
+            if settings.index_type == "IVF_PQ":
+                parts = settings.num_partitions or max(1, int(np.sqrt(n)))
+                sub = settings.num_sub_vectors or max(1, d // 8 if d % 8 == 0 else 1)
+                tbl.create_index(metric="cosine", vector_column_name=column, num_partitions=parts, num_sub_vectors=sub, index_type="IVF_PQ")
+            else:
+                parts = settings.num_partitions or max(1, n // 20_000)
+                tbl.create_index(metric="cosine", vector_column_name=column, num_partitions=parts, index_type="IVF_HNSW_SQ")
     from lancedb.index import FTS
 
     tbl.create_index(text_column, config=FTS(), replace=True)  # the column comes first with an FTS config
@@ -117,6 +128,8 @@ class ItemIndex:
             q = q.bypass_vector_index()
         else:
             q = q.nprobes(self.settings.nprobes).refine_factor(self.settings.refine_factor)
+            if self.settings.index_type == "IVF_HNSW_SQ":
+                q = q.ef(max(self.settings.ef, k * max(1, self.settings.refine_factor)))  # the refined search asks for k x refine
         if where:
             q = q.where(where, prefilter=True)
         return q

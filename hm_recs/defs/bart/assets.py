@@ -229,6 +229,7 @@ def load_variant(variant: str, target: str, device="cpu"):
 
 class ItemIndexConfig(dg.Config):
     image_weight: float = 0.5  # share of the image part in the multimodal vector
+    index_type: str = "IVF_HNSW_SQ"  # or IVF_PQ (smaller, lower recall: benchmarks/RESULTS.md)
     num_partitions: int | None = None
     num_sub_vectors: int | None = None
 
@@ -254,7 +255,7 @@ def item_index(config: ItemIndexConfig, lake: LakeResource, lancedb: LanceDBReso
         "has_image": [c is not None for c in catalogue.image_codes],
         "text_vector": pa.FixedSizeListArray.from_arrays(pa.array(text.reshape(-1), pa.float32()), text.shape[1]),
     })
-    settings = IndexSettings(config.num_partitions, config.num_sub_vectors)
+    settings = IndexSettings(index_type=config.index_type, num_partitions=config.num_partitions, num_sub_vectors=config.num_sub_vectors)
     tbl = build_index(lancedb.uri, rows, vectors, settings, lancedb.storage_options())
     seconds = time.perf_counter() - t0
     probe = ItemIndex(lancedb.uri, lancedb.storage_options())
@@ -314,7 +315,7 @@ def bart_evaluation(context: AssetExecutionContext, config: BartEvaluationConfig
     chosen = config.grounding or max(comparison, key=lambda m: comparison[m].metrics["Recall@20"][0])
     diff = paired_bootstrap_diff(comparison["constrained"].per_event["Recall@20"], comparison["nearest"].per_event["Recall@20"], comparison["nearest"].event_units, protocol.n_bootstrap)
 
-    results, table4, no_match, per_event, valid, sample = [], [], {}, {}, True, []
+    results, table4, no_match, per_event, valid, sample, samples = [], [], {}, {}, True, [], {}
     for variant in variants:
         for target in TARGETS:
             rec = recommender(variant, target, chosen)
@@ -327,8 +328,10 @@ def bart_evaluation(context: AssetExecutionContext, config: BartEvaluationConfig
             lists = rec.recommend(weeks[target].event_customer[:20], weeks[target].event_history[:20], weeks[target].event_session_start[:20], 20)
             valid &= bool(np.all((lists >= -1) & (lists < len(catalogue.texts))))
             if generated:
+                rows = [{"variant": variant, "week": target, "generated": g, "actual": t} for g, t in zip(generated[:20], truth[:20], strict=True)]
+                samples.setdefault(variant, []).extend(rows)
                 if not sample:
-                    sample = [{"variant": variant, "generated": g, "actual": t} for g, t in zip(generated[:8], truth[:8], strict=True)]
+                    sample = rows[:8]
                 bs = bert_score(generated, truth, config.bertscore_model)
                 exact = float(np.mean([g in item_texts for g in generated]))
                 table4.append({"variant": variant, "week": target, "bertscore_precision": round(bs["precision"], 4),
@@ -357,7 +360,8 @@ def bart_evaluation(context: AssetExecutionContext, config: BartEvaluationConfig
     for variant in variants:
         settings = {"variant": variant, "max_source_tokens": bart.max_source_tokens, "grounding": chosen,
                     "generations": config.generations, "batch_size": config.batch_size}
-        mv = register_bart(mlflow, lk, lancedb, variant, settings)
+        mv = register_bart(mlflow, lk, lancedb, variant, settings, samples.get(variant, []),
+                           [r for r in table4 if r["variant"] == variant])
         registered[variant] = f"{mv.name} v{mv.version}" if mv is not None else "not registered: no MLflow run recorded for its training"
     meta["registered_models"] = dg.MetadataValue.json(registered)
     ok, info = metrics_are_sane(results)
@@ -367,9 +371,11 @@ def bart_evaluation(context: AssetExecutionContext, config: BartEvaluationConfig
     ])
 
 
-def register_bart(mlflow: MLflowResource, lk, lancedb: LanceDBResource, variant: str, settings: dict):
+def register_bart(mlflow: MLflowResource, lk, lancedb: LanceDBResource, variant: str, settings: dict,
+                  samples: list[dict] | None = None, bertscore: list[dict] | None = None):
     """Register a variant with its grounding as ``hm_recs_bart_<variant>``, logged to its training run:
-    the model, the reference encoder, the item index (copied when local) and the catalogue."""
+    the model, the reference encoder, the item index (copied when local) and the catalogue; with
+    sample generations next to the truth and its BERTScore."""
     import tempfile
 
     from hm_recs.registry.tracking import TrackedRun
@@ -378,6 +384,10 @@ def register_bart(mlflow: MLflowResource, lk, lancedb: LanceDBResource, variant:
     if not run_file.exists():
         return None
     run = TrackedRun(mlflow.settings(), run_file.read_text().strip())
+    if samples:
+        run.log_text(markdown_table(pa.Table.from_pylist(samples)), "sample_generations.md")
+    for row in bertscore or []:
+        run.log_metrics({f"{row['week']}_bertscore_{k}": row[f"bertscore_{k}"] for k in ("precision", "recall", "f1")})
     test_dir = bart_model_dir(variant, "test") / "model"
     ref_dir = bart_model_dir(REFERENCE_VARIANT, "test") / "model"
     with tempfile.TemporaryDirectory() as tmp:
