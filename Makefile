@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/state/dagster
 
-.PHONY: demo test ui mlflow-ui bench lint clean install
+.PHONY: demo test ui mlflow-ui serve bench lint clean install
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 mlflow-ui: $(STAMP)
 	mkdir -p state/mlflow
 	$(BIN)/mlflow ui --backend-store-uri $${HM_MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/state/mlflow/mlflow.db} -h 127.0.0.1 -p 5000
+
+# the champion recommender over REST on 127.0.0.1:5001 (POST /invocations)
+serve: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${HM_MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/state/mlflow/mlflow.db} \
+	  $(BIN)/mlflow models serve -m models:/hm_recs_recommender@champion --env-manager local -h 127.0.0.1 -p 5001
 
 lint: $(STAMP)
 	$(BIN)/ruff check hm_recs hm_recs_tests benchmarks

@@ -106,7 +106,7 @@ def main() -> int:
 
     dev = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {psutil.cpu_count()} cores"
     print(f"\n### VQGAN ({dt.date.today().isoformat()}, {dev}, precision {args.precision})\n")
-    print(f"Machine: {platform.machine()}, torch {torch.__version__}. Command: `.venv/bin/python benchmarks/bench_vqgan.py --device {args.device} --precision {args.precision}`\n")
+    print(f"Machine: {platform.machine()}, torch {torch.__version__}. Command: `.venv/bin/python benchmarks/bench_vqgan.py {' '.join(sys.argv[1:])}`\n")
     print("| config | resolution | tokens/image | batch | training step (s, generator + discriminator) | tokenization (images/s) |\n|---|---|---|---|---|---|")
     for name, res_, tok, batch, s, tps in rows:
         print(f"| {name} | {res_} | {tok} | {batch} | {s:.3f} | {tps:.1f} |")

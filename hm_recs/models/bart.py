@@ -328,7 +328,7 @@ def train_bart(
     module = BartModule(model, settings.learning_rate, settings.warmup_steps, str(history_file))
     trainer = L.Trainer(
         max_steps=max_steps,
-        max_epochs=max(1, int(np.ceil(max_steps * settings.accumulate / max(1, len(loader))))),
+        max_epochs=max(1, int(np.ceil(max_steps * settings.accumulate * device.num_devices / max(1, len(loader))))) + 1,  # max_steps ends it
         accumulate_grad_batches=settings.accumulate,
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=settings.checkpoint_every, save_last=True, save_top_k=0)],
         logger=False,

@@ -208,6 +208,7 @@ def train_vqgan(
     )
     trainer = L.Trainer(
         max_steps=settings.max_steps * 2,  # Lightning counts both optimizers' steps
+        max_epochs=max(1, int(np.ceil(settings.max_steps * devices / max(1, len(loader))))) + 1,  # max_steps ends it; this keeps the bar's epoch count sane
         accumulate_grad_batches=1,
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=settings.checkpoint_every * 2, save_last=True, save_top_k=0)],
         logger=False,
