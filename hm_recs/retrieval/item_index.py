@@ -87,6 +87,7 @@ def build_index(uri: str, rows: pa.Table, vectors: np.ndarray, settings: IndexSe
                 storage_options: dict | None = None, text_column: str = "text", name: str = INDEX_TABLE):
     """(Re)create the LanceDB table with the vectors, an ANN index and a full-text index."""
     import lancedb
+    from lancedb.index import FTS, IvfHnswSq, IvfPq
 
     dim = vectors.shape[1]
     table = rows.append_column("vector", pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim))
@@ -101,12 +102,10 @@ def build_index(uri: str, rows: pa.Table, vectors: np.ndarray, settings: IndexSe
             if settings.index_type == "IVF_PQ":
                 parts = settings.num_partitions or max(1, int(np.sqrt(n)))
                 sub = settings.num_sub_vectors or max(1, d // 8 if d % 8 == 0 else 1)
-                tbl.create_index(metric="cosine", vector_column_name=column, num_partitions=parts, num_sub_vectors=sub, index_type="IVF_PQ")
+                config = IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=sub)
             else:
-                parts = settings.num_partitions or max(1, n // 20_000)
-                tbl.create_index(metric="cosine", vector_column_name=column, num_partitions=parts, index_type="IVF_HNSW_SQ")
-    from lancedb.index import FTS
-
+                config = IvfHnswSq(distance_type="cosine", num_partitions=settings.num_partitions or max(1, n // 20_000))
+            tbl.create_index(column, config=config, replace=True)
     tbl.create_index(text_column, config=FTS(), replace=True)  # the column comes first with an FTS config
     return tbl
 
