@@ -138,3 +138,23 @@ def test_failures_are_recorded(tmp_path):
     record_failure(lake, "run-2", "ingest", "bad file")
     rows = lake.read(RUN_FAILURES_TABLE).to_pandas().sort_values("run_id")
     assert rows["run_id"].tolist() == ["run-1", "run-2"] and rows["job"].tolist() == ["evaluate", "ingest"]
+
+
+def test_two_processes_can_start_on_a_fresh_sqlite_store(tmp_path):
+    """Two Dagster steps may open the local store at once: the first creates it, both log a run."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from hm_recs.registry.tracking import TrackingSettings, tracked_run\n"
+        "s = TrackingSettings(sys.argv[1], sys.argv[2])\n"
+        "with tracked_run(s, sys.argv[3]) as r: r.log_params({'p': sys.argv[3]})\n"
+    )
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", script, uri, str(tmp_path / "artifacts"), f"step{i}"], stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    client = TrackingSettings(uri).client()
+    runs = client.search_runs([client.get_experiment_by_name("hm_recs").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["step0", "step1"] and {r.info.status for r in runs} == {"FINISHED"}

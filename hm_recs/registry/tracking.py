@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EXPERIMENT = "hm_recs"
+_READY: set[str] = set()  # SQLite stores whose schema this process has seen created
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,19 @@ class TrackingSettings:
     def client(self):
         from mlflow import MlflowClient
 
+        if self.tracking_uri.startswith("sqlite:///") and self.tracking_uri not in _READY:
+            # the first use of a SQLite store creates its schema: two Dagster step processes doing
+            # that at once would collide, so each process's first client is made under a file lock
+            from filelock import FileLock
+
+            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(db) + ".lock", timeout=300):
+                client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+                client.search_experiments(max_results=1)
+                client.search_registered_models(max_results=1)
+            _READY.add(self.tracking_uri)
+            return client
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def experiment_id(self) -> str:
