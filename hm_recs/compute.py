@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 
@@ -80,3 +81,24 @@ def quiet_lightning() -> None:
 def rank_file(path: str, rank: int) -> str:
     """Where a DDP rank writes its training history: rank 0 ``path``, the others ``path.rankN``."""
     return path if rank == 0 else f"{path}.rank{rank}"
+
+
+class TrainingDir:
+    """A Lightning training run's folder: ``checkpoints/`` (``last.ckpt`` to resume from), the
+    fingerprint of the settings and data the checkpoints belong to (a different fingerprint drops
+    them), and ``history.json``, which the ranks write at the end (cleared at the start)."""
+
+    def __init__(self, workdir: str | Path, fingerprint: str):
+        self.workdir = Path(workdir)
+        self.checkpoints = self.workdir / "checkpoints"
+        stamp = self.workdir / "fingerprint.txt"
+        if stamp.exists() and stamp.read_text() != fingerprint:
+            for old in self.checkpoints.glob("*.ckpt"):
+                old.unlink()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
+        self.resume = self.checkpoints / "last.ckpt"
+        self.history = self.workdir / "history.json"
+        self.history.unlink(missing_ok=True)
+        for extra in self.workdir.glob("history.json.rank*"):
+            extra.unlink()

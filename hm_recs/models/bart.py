@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hm_recs.compute import DeviceSpec, quiet_lightning, rank_file
+from hm_recs.compute import DeviceSpec, TrainingDir, quiet_lightning, rank_file
 
 ITEM = "<item>"
 SPECIAL = ("<s>", "<pad>", "</s>", "<unk>", "<mask>", ITEM)
@@ -306,15 +306,8 @@ def train_bart(
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     quiet_lightning()
-    workdir = Path(workdir)
-    ckpt_dir = workdir / "checkpoints"
-    stamp = workdir / "fingerprint.txt"
-    if stamp.exists() and stamp.read_text() != fingerprint:
-        for old in ckpt_dir.glob("*.ckpt"):
-            old.unlink()
-    workdir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
-    resume = ckpt_dir / "last.ckpt"
+    folder = TrainingDir(workdir, fingerprint)
+    ckpt_dir, resume, history_file = folder.checkpoints, folder.resume, folder.history
 
     data = Seq2SeqData(examples, tokenizer, settings.max_source_tokens, settings.max_target_tokens)
     L.seed_everything(settings.seed, workers=True, verbose=False)
@@ -323,8 +316,6 @@ def train_bart(
     steps_per_epoch = max(1, len(loader) // settings.accumulate)
     max_steps = settings.max_steps or max(1, int(np.ceil(steps_per_epoch * settings.epochs)))
 
-    history_file = workdir / "history.json"
-    history_file.unlink(missing_ok=True)
     module = BartModule(model, settings.learning_rate, settings.warmup_steps, str(history_file))
     trainer = L.Trainer(
         max_steps=max_steps,
@@ -344,8 +335,6 @@ def train_bart(
     model.eval()
     recorded = json.loads(history_file.read_text()) if history_file.exists() else {"loss": module.loss_history, "tokens": module.tokens}
     tokens = recorded["tokens"] * trainer.world_size  # rank 0 counts its shard; the shards are the same size
-    for extra in workdir.glob("history.json.rank*"):
-        extra.unlink()
     return BartTrainingResult(int(trainer.global_step), seconds, tokens / seconds if seconds else 0.0, resumed, recorded["loss"])
 
 

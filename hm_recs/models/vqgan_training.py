@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from hm_recs.compute import DeviceSpec, quiet_lightning, rank_file
+from hm_recs.compute import DeviceSpec, TrainingDir, quiet_lightning, rank_file
 from hm_recs.models.vqgan import VQGANConfig, VQModel, psnr
 
 
@@ -184,17 +184,8 @@ def train_vqgan(
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     quiet_lightning()
-    workdir = Path(workdir)
-    ckpt_dir = workdir / "checkpoints"
-    stamp = workdir / "fingerprint.txt"
-    if stamp.exists() and stamp.read_text() != fingerprint:
-        for old in ckpt_dir.glob("*.ckpt"):
-            old.unlink()
-    workdir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
-    resume = ckpt_dir / "last.ckpt"
-    history_file = workdir / "history.json"
-    history_file.unlink(missing_ok=True)
+    folder = TrainingDir(workdir, fingerprint)
+    ckpt_dir, resume, history_file = folder.checkpoints, folder.resume, folder.history
 
     kw = device.lightning_kwargs(find_unused_parameters=True)  # the generator step leaves the discriminator unused
     devices = kw["devices"] if isinstance(kw["devices"], int) else len(kw["devices"])
