@@ -38,26 +38,32 @@ class HMDataResource(dg.ConfigurableResource):
     data_dir: str = Field(description="Kaggle-layout folder: articles, customers, transactions_train, images/")
 
 
-class LakeResource(dg.ConfigurableResource):
-    """The Delta lake: a local folder or an object-store URI (``s3://bucket/prefix``)."""
+class ObjectStoreSettings(dg.ConfigurableResource):
+    """S3-compatible storage settings shared by the resources that may live in a bucket; each
+    spells the options the way its library reads them."""
 
-    root: str = Field(description="Folder or URI that holds the project's Delta tables")
     aws_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto, ...)")
     aws_access_key_id: str | None = Field(default=None, description="set from an EnvVar, never in a file")
     aws_secret_access_key: str | None = Field(default=None, description="set from an EnvVar, never in a file")
     aws_region: str | None = None
     aws_allow_http: bool = False
 
-    def storage_options(self) -> dict[str, str]:
-        opts = {
-            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
-            "AWS_ACCESS_KEY_ID": self.aws_access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.aws_secret_access_key,
-            "AWS_REGION": self.aws_region,
-        }
+    def _options(self, endpoint: str, key_id: str, secret: str, region: str, allow_http: str) -> dict[str, str]:
+        opts = {endpoint: self.aws_endpoint_url, key_id: self.aws_access_key_id, secret: self.aws_secret_access_key, region: self.aws_region}
         opts = {k: v for k, v in opts.items() if v}
         if self.aws_allow_http:
-            opts["AWS_ALLOW_HTTP"] = "true"
+            opts[allow_http] = "true"
+        return opts
+
+
+class LakeResource(ObjectStoreSettings):
+    """The Delta lake: a local folder or an object-store URI (``s3://bucket/prefix``)."""
+
+    root: str = Field(description="Folder or URI that holds the project's Delta tables")
+
+    def storage_options(self) -> dict[str, str]:
+        """delta-rs' option names."""
+        opts = self._options("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP")
         if opts:
             opts.setdefault("AWS_S3_ALLOW_UNSAFE_RENAME", "true")
         return opts
@@ -72,27 +78,14 @@ class LakeResource(dg.ConfigurableResource):
         return str(path)
 
 
-class LanceDBResource(dg.ConfigurableResource):
+class LanceDBResource(ObjectStoreSettings):
     """The LanceDB item index: a local folder or an object-store URI (``s3://bucket/prefix``)."""
 
     uri: str = Field(description="Folder or URI of the LanceDB database")
-    aws_endpoint_url: str | None = None
-    aws_access_key_id: str | None = Field(default=None, description="set from an EnvVar, never in a file")
-    aws_secret_access_key: str | None = Field(default=None, description="set from an EnvVar, never in a file")
-    aws_region: str | None = None
-    aws_allow_http: bool = False
 
     def storage_options(self) -> dict[str, str] | None:
-        opts = {
-            "aws_endpoint": self.aws_endpoint_url,
-            "aws_access_key_id": self.aws_access_key_id,
-            "aws_secret_access_key": self.aws_secret_access_key,
-            "aws_region": self.aws_region,
-        }
-        opts = {k: v for k, v in opts.items() if v}
-        if self.aws_allow_http:
-            opts["allow_http"] = "true"
-        return opts or None
+        """LanceDB's (object_store's) option names."""
+        return self._options("aws_endpoint", "aws_access_key_id", "aws_secret_access_key", "aws_region", "allow_http") or None
 
 
 class BartResource(dg.ConfigurableResource):

@@ -117,7 +117,7 @@ class PromotionConfig(dg.Config):
     min_improvement: float = 0.02  # relative: the candidate must beat the champion by 2 %
 
 
-def _rescore_champion(champion, protocol, lk, week_start: str) -> float | None:
+def _rescore_champion(champion, protocol, lk, week_start: str, tracking_uri: str) -> float | None:
     """The champion's score on this validation week when it was promoted on another one and has
     not seen this week; None keeps the recorded score."""
     if champion is None or champion.tags.get("validation_week") == week_start:
@@ -130,6 +130,7 @@ def _rescore_champion(champion, protocol, lk, week_start: str) -> float | None:
     from hm_recs.evaluation.weeks import load_target_weeks
     from hm_recs.registry.pyfunc import load_bundle_recommender
 
+    ml.set_tracking_uri(tracking_uri)  # the champion's artifacts may be behind the tracking server
     folder = Path(ml.artifacts.download_artifacts(artifact_uri=champion.source)) / "artifacts" / "bundle"
     result = evaluate(load_bundle_recommender(folder), load_target_weeks(lk, protocol)["validation"], protocol)
     return float(result.metrics[champion.tags.get("metric", "MAP@12")][0])
@@ -148,19 +149,17 @@ def champion_promotion(config: PromotionConfig, lake: LakeResource, mlflow: MLfl
     if eligible.empty:
         return dg.AssetCheckResult(passed=False, metadata={"reason": "no registered model evaluated on the full validation week"})
     best = eligible.sort_values([config.metric, "model"], ascending=[False, True]).iloc[0]
-    week = load_time_split(lk).validation_start.isoformat()
+    split = load_time_split(lk)
+    week = split.validation_start.isoformat()
     settings = mlflow.settings()
-    import mlflow as ml
-
-    ml.set_tracking_uri(settings.tracking_uri)
     champion = current_champion(settings)
-    rescored = _rescore_champion(champion, evaluation_protocol.protocol(), lk, week)
+    rescored = _rescore_champion(champion, evaluation_protocol.protocol(), lk, week, settings.tracking_uri)
     name = best["registered_model"]
     decision = promote(settings, Candidate(best["model"], name, facts[name]["version"], float(best[config.metric]), week),
                        config.metric, config.min_improvement, rescored)
     client = settings.client()
-    client.set_model_version_tag(RECOMMENDER, decision.version, "data_end", cached_serving_data(lk).data_end.isoformat())
-    client.set_model_version_tag(RECOMMENDER, decision.version, "trained_before", load_time_split(lk).test_start.isoformat())
+    client.set_model_version_tag(RECOMMENDER, decision.version, "data_end", split.test_end.isoformat())
+    client.set_model_version_tag(RECOMMENDER, decision.version, "trained_before", split.test_start.isoformat())
     return dg.AssetCheckResult(
         passed=True,
         metadata={"decision": dg.MetadataValue.json(decision.as_dict()), "outcome": "promoted to champion" if decision.promoted else "registered as challenger",
