@@ -1,48 +1,53 @@
-"""BART: sequence construction, truncation, image tokens, training, the pretrained-path loader, the
-LanceDB item index and grounding."""
+"""BART: sources and targets as token ids, truncation, image and semantic-ID tokens, training pairs,
+the learning-rate schedule, batching, a toy model that learns to read its input, the
+pretrained-path loader and the training-cutoff guard."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from hm_recs.models.bart import (
     ITEM,
     VARIANTS,
     BartTrainingSettings,
+    BucketBatchSampler,
     Catalogue,
-    SourceBuilder,
+    PairData,
+    PurchaseSequences,
+    SequenceCodec,
     Variant,
-    build_examples,
     build_model,
+    check_trained_before,
     compact_codes,
-    generate,
     image_token,
     item_text,
     load_bart,
+    lr_factor,
+    new_model,
+    purchase_sequences,
     save_bart,
     train_bart,
+    training_pairs,
+    variant_seed,
 )
-from hm_recs.retrieval.bart_recommender import BartRecommender, customer_sequences
-from hm_recs.retrieval.item_index import (
-    ItemIndex,
-    ItemTrie,
-    build_index,
-    image_embeddings,
-    join_vectors,
-    merge_rankings,
-    text_embeddings,
-)
-from hm_recs_tests.conftest import FULL_ARTICLES, requires_full_articles
+from hm_recs.retrieval.bart_recommender import BartRecommender, distinct_generations
+from hm_recs.retrieval.semantic_ids import vocabulary
 
 TEXTS = [
-    "Mira, T-shirt, Black, Solid, Ladieswear",
-    "Lola, Trousers, Dark Blue, Denim, Ladieswear",
-    "Kato, Sneakers, White, Solid, Menswear",
-    "Vivi, Dress, Red, Dot, Divided",
-    "Sana, Socks, Grey, Stripe, Sport",
+    "Ladieswear, T-shirt, Black, Solid, Mira",
+    "Ladieswear, Trousers, Dark Blue, Denim, Lola",
+    "Menswear, Sneakers, White, Solid, Kato",
+    "Divided, Dress, Red, Dot, Vivi",
+    "Sport, Socks, Grey, Stripe, Sana",
 ]
+SIDS = np.array(
+    [[0, 1, 0, 0], [0, 1, 0, 1], [1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 1, 0]]
+)  # 3 levels of 2 codes + disambiguation
 
 
 @pytest.fixture(scope="module")
@@ -51,136 +56,286 @@ def catalogue():
     codes = [rng.integers(0, 16, 16) for _ in TEXTS]
     codes[4] = None  # no photo
     codebook = rng.normal(size=(16, 4)).astype(np.float32)
-    return Catalogue(TEXTS, codes, codebook, 16)
+    return Catalogue(TEXTS, codes, codebook, 16, {"multimodal": SIDS, "text": SIDS[::-1].copy()})
 
 
 @pytest.fixture(scope="module")
 def tiny_model(catalogue):
-    return build_model(None, "tiny", TEXTS * 20, n_codes=16, seed=0)
+    return build_model(None, "tiny", TEXTS * 20, n_codes=16, seed=0, sid_vocabulary=vocabulary(3, 2, 2))
 
 
 def test_item_text():
-    row = {"prod_name": "Strap top", "product_type_name": "Vest top", "colour_group_name": "Black", "graphical_appearance_name": "Solid", "index_group_name": "Ladieswear"}
+    row = {
+        "prod_name": "Strap top",
+        "product_type_name": "Vest top",
+        "colour_group_name": "Black",
+        "graphical_appearance_name": "Solid",
+        "index_group_name": "Ladieswear",
+    }
     assert item_text(row) == "Ladieswear, Vest top, Black, Solid, Strap top"
 
 
-def test_sequences_from_a_hand_made_history(catalogue, tiny_model):
+def test_sources_and_targets_from_a_hand_made_history(catalogue, tiny_model):
     tok, _ = tiny_model
-    builder = SourceBuilder(catalogue, VARIANTS["text_large"], tok, max_tokens=1024)
-    ex = build_examples([(7, np.array([0, 1, 2, 3]))], builder, catalogue)
-    assert ex.targets == [TEXTS[1], TEXTS[2], TEXTS[3]]
-    assert ex.sources[0] == f"{ITEM} {TEXTS[0]}"
-    assert ex.sources[2] == " ".join(f"{ITEM} {TEXTS[i]}" for i in (0, 1, 2))
-    assert ex.items_in_source.tolist() == [1, 2, 3] and ex.customers.tolist() == [7, 7, 7]
-    small = SourceBuilder(catalogue, Variant("s", 2, "none"), tok, 1024)
-    assert small.source([0, 1, 2, 3])[0] == f"{ITEM} {TEXTS[2]} {ITEM} {TEXTS[3]}"  # the newest two
+    codec = SequenceCodec(catalogue, VARIANTS["text_large"], tok, 1024)
+    ids, n = codec.source([0, 1, 2])
+    assert n == 3 and ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert (
+        ids == tok(" ".join(f"{ITEM} {TEXTS[i]}" for i in (0, 1, 2)))["input_ids"]
+    )  # the same ids as tokenizing the string
+    assert codec.target(3) == tok(" " + TEXTS[3])["input_ids"] and codec.target_text(3) == TEXTS[3]
+    small = SequenceCodec(catalogue, Variant("s", 2), tok, 1024)
+    assert (
+        small.source([0, 1, 2, 3])[0] == tok(f"{ITEM} {TEXTS[2]} {ITEM} {TEXTS[3]}")["input_ids"]
+    )  # the newest two
 
 
-def test_truncation_keeps_the_newest_items(catalogue, tiny_model):
+def test_truncation_keeps_the_newest_articles_that_fit(catalogue, tiny_model):
     tok, _ = tiny_model
-    builder = SourceBuilder(catalogue, VARIANTS["text_large"], tok, max_tokens=1024)
-    one = builder.item(0)[1]
-    tight = SourceBuilder(catalogue, VARIANTS["text_large"], tok, max_tokens=2 * one + 2 + 1)
-    src, n = tight.source([0, 1, 3, 0])
-    assert n == 2 and src.endswith(TEXTS[0]) and TEXTS[3] in src and TEXTS[1] not in src
-    assert len(tok(src)["input_ids"]) <= 2 * one + 3
+    full = SequenceCodec(catalogue, VARIANTS["text_large"], tok, 1024)
+    budget = len(full.piece(0)) + len(full.piece(3)) + 2
+    ids, n = SequenceCodec(catalogue, VARIANTS["text_large"], tok, budget).source([1, 3, 0])
+    assert n == 2 and len(ids) <= budget and ids == tok(f"{ITEM} {TEXTS[3]} {ITEM} {TEXTS[0]}")["input_ids"]
 
 
-def test_image_tokens_round_trip_through_the_tokenizer(catalogue, tiny_model):
+def test_image_tokens_one_per_code_and_none_without_a_photo(catalogue, tiny_model):
     tok, model = tiny_model
     assert model.get_input_embeddings().num_embeddings == len(tok)
-    full = catalogue.item_string(0, VARIANTS["image_full"])
-    ids = tok(full, add_special_tokens=False)["input_ids"]
-    img_ids = [tok.convert_tokens_to_ids(image_token(c)) for c in catalogue.image_codes[0]]
-    assert ids[-16:] == img_ids  # one token per code, in grid order
-    assert tok.decode(ids[-16:]).replace(" ", "") == "".join(image_token(c) for c in catalogue.image_codes[0])
-    assert catalogue.item_string(4, VARIANTS["image_full"]) == f"{ITEM} {TEXTS[4]}"  # no photo, no image tokens
-    compact = catalogue.item_string(0, VARIANTS["image_compact"])
-    assert compact.count("<img_") == 4
+    codec = SequenceCodec(catalogue, VARIANTS["image_full"], tok)
+    piece = codec.piece(0).tolist()
+    assert piece[-16:] == [tok.convert_tokens_to_ids(image_token(c)) for c in catalogue.image_codes[0]]
+    assert (
+        piece == tok(catalogue.item_string(0, VARIANTS["image_full"]), add_special_tokens=False)["input_ids"]
+    )
+    assert codec.piece(4).tolist() == tok(f"{ITEM} {TEXTS[4]}", add_special_tokens=False)["input_ids"]
+    compact = SequenceCodec(catalogue, VARIANTS["image_compact"], tok)
+    assert sum(t.startswith("<img_") for t in tok.convert_ids_to_tokens(compact.piece(0).tolist())) == 4
+
+
+def test_semantic_id_variants_read_and_write_codes(catalogue, tiny_model):
+    tok, _ = tiny_model
+    codec = SequenceCodec(catalogue, VARIANTS["semantic_id"], tok)
+    assert tok.convert_ids_to_tokens(codec.piece(1).tolist()) == [
+        "<sid0_0>",
+        "<sid1_1>",
+        "<sid2_0>",
+        "<sidx_1>",
+    ]
+    assert tok.convert_ids_to_tokens(codec.target(1)) == [
+        "<s>",
+        "<sid0_0>",
+        "<sid1_1>",
+        "<sid2_0>",
+        "<sidx_1>",
+        "</s>",
+    ]
+    twin = SequenceCodec(catalogue, VARIANTS["semantic_id_text"], tok)
+    assert twin.target(1) != codec.target(1)  # the text-only IDs are a different code
+    with pytest.raises(ValueError, match="semantic_ids"):
+        SequenceCodec(Catalogue(TEXTS, [None] * 5), VARIANTS["semantic_id"], tok)
 
 
 def test_compact_codes_pool_and_snap_to_the_codebook():
     codebook = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
-    codes = np.array([1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0])  # a 4x4 grid: top-left 1, top-right 2, bottom 0
+    codes = np.array(
+        [1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0]
+    )  # a 4x4 grid: top-left 1, top-right 2, bottom 0
     assert compact_codes(codes, codebook, grid=2).tolist() == [1, 2, 0, 0]
 
 
-def test_a_tiny_model_trains_and_its_loss_falls(catalogue, tiny_model, tmp_path):
+def test_sequences_collapse_repeats_and_pairs_respect_the_cutoff_and_window():
+    df = pd.DataFrame(
+        {
+            "customer_idx": [1, 1, 1, 1, 2, 2],
+            "article_idx": [5, 5, 6, 7, 7, 8],
+            "t_dat": np.array(
+                ["2020-01-01", "2020-01-01", "2020-01-03", "2020-01-20", "2020-01-02", "2020-01-10"],
+                dtype="datetime64[D]",
+            ),
+            "is_consecutive_repeat": [False, True, False, False, False, False],
+        }
+    )
+    seqs = purchase_sequences(df)
+    assert seqs.customers.tolist() == [1, 2] and [s.tolist() for s in seqs.items] == [[5, 6, 7], [7, 8]]
+    assert [s.tolist() for s in purchase_sequences(df, end=dt.date(2020, 1, 2)).items] == [[5], [7]]
+    assert training_pairs(seqs, dt.date(2020, 1, 21)).tolist() == [[0, 1], [0, 2], [1, 1]]
+    assert training_pairs(seqs, dt.date(2020, 1, 20)).tolist() == [
+        [0, 1],
+        [1, 1],
+    ]  # the cutoff day is not before the cutoff
+    assert training_pairs(seqs, dt.date(2020, 1, 21), target_weeks=1).tolist() == [
+        [0, 2]
+    ]  # only targets from 01-14 on
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    assert lr_factor(0, 100, 10, "linear") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "linear") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)  # halfway through the 90 decay steps
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(32, 100, 10, "cosine") == pytest.approx(0.5 * (1 + np.cos(np.pi * 22 / 90)))
+    assert (
+        lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0) and lr_factor(70, 100, 0, "constant") == 1.0
+    )
+    with pytest.raises(ValueError, match="schedule"):
+        BartTrainingSettings(schedule="step")
+
+
+def test_each_variant_gets_its_own_reproducible_seed():
+    seeds = {v: variant_seed(0, v) for v in VARIANTS}
+    assert len(set(seeds.values())) == len(VARIANTS) and seeds == {v: variant_seed(0, v) for v in VARIANTS}
+    assert variant_seed(1, "text_small") == seeds["text_small"] + 1
+
+
+def test_bucket_batches_cover_every_pair_once_with_similar_lengths():
+    lengths = np.random.default_rng(0).integers(1, 100, 1000)
+    sampler = BucketBatchSampler(lengths, 10, seed=3, bucket=5)
+    first = list(sampler)
+    assert sorted(i for b in first for i in b) == list(range(1000)) and len(first) == len(sampler) == 100
+    spread = np.mean([np.ptp(lengths[b]) for b in first])
+    assert spread < 0.5 * np.mean(
+        [np.ptp(lengths[np.random.default_rng(i).choice(1000, 10)]) for i in range(100)]
+    )
+    sampler.sampler.set_epoch(1)
+    assert list(sampler) != first  # a new order every epoch
+    sampler.sampler.set_epoch(0)
+    assert list(sampler) == first  # and the same order for the same epoch (resume)
+
+
+def _toy(catalogue, tok, variant="text_large"):
+    """Eight customers per start article: after article i comes article (i + 1) % 5, after two
+    articles the second's successor."""
+    items = [np.array([i, (i + 1) % 5, (i + 2) % 5]) for i in range(5) for _ in range(8)]
+    seqs = PurchaseSequences(
+        np.arange(len(items)), items, [np.arange(3).astype("datetime64[D]")] * len(items)
+    )
+    codec = SequenceCodec(catalogue, VARIANTS[variant], tok, 128)
+    pairs = np.array([(s, j) for s in range(len(items)) for j in (1, 2)])
+    return PairData(seqs, pairs, codec), codec
+
+
+@pytest.mark.parametrize("variant", ["text_large", "semantic_id"])
+def test_a_trained_toy_model_reads_its_input(catalogue, tiny_model, tmp_path, variant):
     tok, _ = tiny_model
-    _, model = build_model(None, "tiny", [], 16, seed=1, tokenizer=tok)
-    seqs = [(c, np.array([0, 1, 2, 3, 4]) if c % 2 else np.array([3, 2, 1, 0])) for c in range(20)]
-    ex = build_examples(seqs, SourceBuilder(catalogue, VARIANTS["text_large"], tok, 256), catalogue)
-    settings = BartTrainingSettings(learning_rate=3e-3, batch_size=8, accumulate=1, max_steps=100, max_source_tokens=256, checkpoint_every=50)
-    result = train_bart(model, tok, ex, tmp_path / "run", settings, fingerprint="x", progress=False)
-    assert result.steps == 100 and np.mean(result.loss[-5:]) < 0.5 * np.mean(result.loss[:5])
-    out = generate(model, tok, [f"{ITEM} {TEXTS[0]}"], 256)
-    assert out[0][0] == TEXTS[1]  # it learned "after the T-shirt come the trousers"
+    data, codec = _toy(catalogue, tok, variant)
+    model = new_model(None, "tiny", tok, seed=1, dropout=0.0)
+    # no warm-up: at a tiny rate the decoder first settles on the unconditional article distribution,
+    # and 150 steps are then too few to start reading the source (it is what the check below catches)
+    settings = BartTrainingSettings(
+        learning_rate=3e-3, batch_size=16, accumulate=1, epochs=30, schedule="cosine", checkpoint_every=50
+    )
+    result = train_bart(model, data, tmp_path / "run", settings, fingerprint="x", progress=False)
+    assert result.steps == 30 * 5 and np.mean(result.loss[-5:]) < 0.25 * np.mean(result.loss[:5])
+    rec = BartRecommender("toy", model, codec, "constrained", beams=5)
+    lists = rec.recommend(np.zeros(5), [np.array([i]) for i in range(5)], np.zeros(5), 5)
+    assert lists[:, 0].tolist() == [
+        (i + 1) % 5 for i in range(5)
+    ]  # different input, different (right) output
+    assert all(sorted(row.tolist()) == list(range(5)) for row in lists)  # every article once, ranked
+    stats = distinct_generations(rec, [np.array([i]) for i in range(5)])
+    assert stats["distinct_best_articles"] == 5 and stats["distinct_list_share"] == 1.0
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 
-def test_pretrained_path_loader_on_a_model_the_test_saves(catalogue, tiny_model, tmp_path):
+def test_a_model_that_ignores_its_input_fails_the_distinct_generations_measure(catalogue, tiny_model):
+    """All weights zero: the same scores whatever the history, so one best article for every source."""
+    tok, _ = tiny_model
+    model = new_model(None, "tiny", tok, seed=0, dropout=0.0).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    rec = BartRecommender(
+        "flat", model, SequenceCodec(catalogue, VARIANTS["text_small"], tok), "constrained", beams=5
+    )
+    stats = distinct_generations(
+        rec, [np.array([i]) for i in range(5)] + [np.array([i, j]) for i in range(5) for j in range(5)]
+    )
+    assert stats["sources"] == 30 and stats["distinct_lists"] == 1 and stats["distinct_best_articles"] == 1
+    assert stats["most_common_best_share"] == 1.0 and stats["mean_jaccard"] == 1.0
+
+
+def test_pretrained_path_loader_on_a_model_the_test_saves(tiny_model, tmp_path):
     tok, model = tiny_model
-    folder = save_bart(model, tok, tmp_path / "bart", {"note": "test"})
-    tok2, model2, extra = load_bart(folder)
-    assert extra == {"note": "test"} and len(tok2) == len(tok)
+    folder = save_bart(model, tok, tmp_path / "bart", {"trained_before": "2020-09-09"})
+    tok2, _, extra = load_bart(folder)
+    assert extra == {"trained_before": "2020-09-09"} and len(tok2) == len(tok)
     # the same path works as `pretrained`, the way a hub id would
     tok3, model3 = build_model(str(folder), "ignored", [], n_codes=16)
     assert len(tok3) == len(tok) and model3.get_input_embeddings().num_embeddings == len(tok)
-    tok4, model4 = build_model(str(folder), "ignored", [], n_codes=32)  # a larger codebook adds tokens and rows
+    tok4, model4 = build_model(
+        str(folder), "ignored", [], n_codes=32
+    )  # a larger codebook adds tokens and rows
     assert len(tok4) == len(tok) + 16 and model4.get_input_embeddings().num_embeddings == len(tok4)
 
 
-def test_index_grounding_returns_valid_articles_only(catalogue, tiny_model, tmp_path):
-    import pyarrow as pa
-
-    tok, model = tiny_model
-    text = text_embeddings(model, tok, TEXTS)
-    image = image_embeddings(catalogue.image_codes, catalogue.codebook)
-    vectors = join_vectors(text, image, 0.5)
-    rows = pa.table({"article_idx": np.arange(5), "article_id": [f"{i:010d}" for i in range(5)], "text": TEXTS, "item_text": TEXTS,
-                     "text_vector": pa.FixedSizeListArray.from_arrays(pa.array(text.reshape(-1), pa.float32()), text.shape[1])})
-    build_index(str(tmp_path / "db"), rows, vectors)
-    index = ItemIndex(str(tmp_path / "db"))
-    idx, dist = index.nearest(text[:2], k=3, column="text_vector")
-    assert idx[:, 0].tolist() == [0, 1] and np.allclose(dist[:, 0], 0, atol=1e-4)  # each text finds itself
-    assert index.full_text("Sneakers", k=2).column("article_idx").to_pylist()[0] == 2
-    rec = BartRecommender("bart", model, tok, SourceBuilder(catalogue, VARIANTS["text_large"], tok, 256), index, method="nearest", generations=2)
-    lists = rec.recommend(np.zeros(3), [np.array([0]), np.array([1, 2]), np.array([], np.int64)], np.zeros(3), 5)
-    assert lists.shape == (3, 5) and set(lists.ravel()) <= set(range(5)) | {-1} and len(rec.generated) == 3
-    trie = ItemTrie(tok, TEXTS)
-    rec = BartRecommender("bart", model, tok, SourceBuilder(catalogue, VARIANTS["text_large"], tok, 256), trie=trie, method="constrained", generations=3)
-    lists = rec.recommend(np.zeros(2), [np.array([0]), np.array([3])], np.zeros(2), 5)
-    assert set(lists.ravel()) <= set(range(5)) | {-1}
-    assert all(g in TEXTS for g in rec.generated)  # constrained decoding only spells real items
+def test_a_model_trained_past_a_week_is_refused_for_it():
+    check_trained_before({"trained_before": "2020-09-09"}, dt.date(2020, 9, 9))
+    with pytest.raises(ValueError, match="past the start"):
+        check_trained_before({"trained_before": "2020-09-16"}, dt.date(2020, 9, 9))
+    with pytest.raises(ValueError, match="no training cutoff"):
+        check_trained_before({}, dt.date(2020, 9, 9))
 
 
-def test_merge_rankings():
-    assert merge_rankings([[3, 1], [1, 4, -1], [2]], 4).tolist() == [3, 1, 4, 2]
-    assert merge_rankings([[5]], 3).tolist() == [5, -1, -1]
+def test_time_ordered_batches_run_week_by_week():
+    days = np.array(
+        ["2020-01-02", "2020-01-20", "2020-01-03", "2020-01-10", "2020-01-21", "2020-01-11"] * 5,
+        "datetime64[D]",
+    )
+    sampler = BucketBatchSampler(np.ones(len(days)), 5, seed=0, days=days)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 6 and sorted(i for b in batches for i in b) == list(range(30))
+    firsts = [days[b].min() for b in batches]
+    assert firsts == sorted(firsts)  # oldest week first
+    assert all(
+        len({(d.astype(np.int64) - 6) // 7 for d in days[b]}) == 1 for b in batches
+    )  # a batch holds one week
 
 
-def test_customer_sequences_collapse_repeats_and_respect_dates():
-    df = pd.DataFrame({"customer_idx": [1, 1, 1, 2], "article_idx": [5, 5, 6, 7],
-                       "t_dat": np.array(["2020-01-01", "2020-01-01", "2020-01-03", "2020-01-02"], dtype="datetime64[D]"),
-                       "is_consecutive_repeat": [False, True, False, False]})
-    assert [(c, s.tolist()) for c, s in customer_sequences(df)] == [(1, [5, 6]), (2, [7])]
-    assert [(c, s.tolist()) for c, s in customer_sequences(df, end="2020-01-02")] == [(1, [5]), (2, [7])]
+def test_run_profiles_name_every_variant_and_refuse_unknown_ones():
+    from hm_recs.profiles import PROFILES, run_config
+    from hm_recs.profiles import VARIANTS as PROFILE_VARIANTS
+
+    assert PROFILE_VARIANTS == tuple(VARIANTS)
+    cfg = run_config("cpu", bart_variants=["semantic_id"])
+    assert [k for k in cfg["ops"] if k.startswith("bart_model_")] == ["bart_model_semantic_id"]
+    assert (
+        cfg["resources"]["bart"]["config"]["variants"] == ["semantic_id"]
+        and "bart_model_text_small" in PROFILES["cpu"]["ops"]
+    )
+    with pytest.raises(ValueError, match="unknown"):
+        run_config("cpu", bart_variants=["text_medium"])
+    with pytest.raises(ValueError, match="profile"):
+        run_config("gpu-huge")
 
 
-@requires_full_articles
-def test_index_build_and_query_on_real_catalogue_rows(tiny_model, tmp_path):
-    import pyarrow as pa
+def test_training_passes_reconstruct_then_predict_then_revisit_the_newest_weeks(catalogue, tiny_model):
+    from hm_recs.models.bart import RecencyPass, training_passes
 
-    tok, model = tiny_model
-    arts = pd.read_csv(FULL_ARTICLES, dtype={"article_id": str}, nrows=3000, keep_default_na=False)
-    texts = [item_text(r) for r in arts.to_dict("records")]
-    text = text_embeddings(model, tok, texts)
-    rows = pa.table({"article_idx": np.arange(len(texts)), "article_id": arts["article_id"].tolist(), "text": (arts["prod_name"] + ". " + arts["detail_desc"]).tolist(),
-                     "item_text": texts, "index_group_name": arts["index_group_name"].tolist(),
-                     "text_vector": pa.FixedSizeListArray.from_arrays(pa.array(text.reshape(-1), pa.float32()), text.shape[1])})
-    build_index(str(tmp_path / "db"), rows, text)
-    index = ItemIndex(str(tmp_path / "db"))
-    res = index.search(text[10], k=12, where="index_group_name = 'Menswear'", columns=("article_idx", "index_group_name"))
-    assert res.num_rows > 0 and set(res.column("index_group_name").to_pylist()) == {"Menswear"}
-    hits = index.full_text("denim", k=5, columns=("article_idx", "text")).column("text").to_pylist()
-    assert hits and all("denim" in h.lower() for h in hits)
+    main = BartTrainingSettings(learning_rate=2e-3, epochs=1.0, order="time", target_weeks=12)
+    passes = training_passes(
+        main, reconstruction_epochs=0.5, recency=RecencyPass(weeks=1, epochs=4, learning_rate_scale=0.5)
+    )
+    assert [(p.name, p.task) for p in passes] == [
+        ("reconstruct", "reconstruct"),
+        ("main", "next"),
+        ("recent", "next"),
+    ]
+    assert (
+        passes[0].settings.epochs == 0.5
+        and passes[0].settings.order == "shuffle"
+        and passes[1].settings == main
+    )
+    assert passes[2].settings.learning_rate == pytest.approx(1e-3) and passes[2].settings.target_weeks == 1
+    assert passes[2].settings.epochs == 4
+    refit = training_passes(main, 0.5, RecencyPass(), continue_weeks=1)
+    assert [p.name for p in refit] == ["recent"] and refit[0].settings.target_weeks == 1
+    # the reconstruction target is the newest article of the source
+    tok, _ = tiny_model
+    data, codec = _toy(catalogue, tok)
+    rebuild = PairData(data.seqs, data.pairs, codec, task="reconstruct")
+    s, j = data.pairs[3]
+    assert rebuild[3][1] == codec.target(data.seqs.items[s][j - 1]) and data[3][1] == codec.target(
+        data.seqs.items[s][j]
+    )
+    with pytest.raises(ValueError, match="task"):
+        PairData(data.seqs, data.pairs, codec, task="denoise")
