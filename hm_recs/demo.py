@@ -9,37 +9,12 @@ import time
 from pathlib import Path
 
 from hm_recs.paths import PROJECT_ROOT, default_synthetic_dir, state_dir
+from hm_recs.profiles import QUIET, run_config
 
-# keep the terminal readable: the full event log is in the instance (and the UI)
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-# small model settings so that the whole demo stays within minutes on a laptop; the same assets
-# with their defaults train the paper's configurations
-_BART_DEMO = {"config": {"max_steps": 300, "batch_size": 16, "accumulate": 1, "learning_rate": 1e-3, "refit_for_test": False, "checkpoint_every": 150}}
-DEMO_MODELS = {
-    "ops": {
-        "gru4rec_model": {"config": {"preset": "demo"}},
-        "vqgan_finetuned_model": {"config": {"max_steps": 120, "batch_size": 8, "base_learning_rate": 1e-4, "checkpoint_every": 60}},
-        # 120 CPU steps from random weights reach about 13 dB; the default floor (18 dB) is for real training
-        "vqgan_evaluation": {"config": {"max_images": 200, "psnr_floor": 12.0}},
-        **{f"bart_model_{v}": _BART_DEMO for v in ("text_small", "text_large", "image_full", "image_compact")},
-        "bart_evaluation": {"config": {"generations": 2, "comparison_events": 60, "max_events": 300, "max_customers": 150}},
-    },
-    "resources": {"bart": {"config": {"size": "tiny", "max_source_tokens": 128, "max_examples": 6000}}},
-}
-# the least training that still exercises every asset and check: the tests' wiring run, not a
-# measurement of any model
-_BART_SMOKE = {"config": {"max_steps": 12, "batch_size": 8, "accumulate": 1, "learning_rate": 1e-3, "refit_for_test": False, "checkpoint_every": 6}}
-SMOKE_MODELS = {
-    "ops": {
-        "gru4rec_model": {"config": {"preset": "demo"}},
-        "vqgan_finetuned_model": {"config": {"max_steps": 16, "batch_size": 4, "base_learning_rate": 1e-4, "checkpoint_every": 8, "max_images": 200}},
-        "vqgan_evaluation": {"config": {"max_images": 64, "psnr_floor": 8.0}},
-        "image_tokens": {"config": {"min_codes_used": 2}},
-        **{f"bart_model_{v}": _BART_SMOKE for v in ("text_small", "text_large", "image_full", "image_compact")},
-        "bart_evaluation": {"config": {"generations": 1, "comparison_events": 16, "max_events": 40, "max_customers": 20}},
-    },
-    "resources": {"bart": {"config": {"size": "tiny", "max_source_tokens": 96, "max_examples": 500}}},
-}
+# the evaluate job's settings: the demo profile (every stage in minutes on a laptop) and the least
+# training that still exercises every asset and check (the tests' wiring runs); hm_recs/profiles.py
+DEMO_MODELS = run_config("demo")
+SMOKE_MODELS = run_config("smoke")
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 
@@ -101,6 +76,12 @@ def run_pipeline(defs, instance, lake, log=print, models: dict | None = None, ev
 
     t = time.perf_counter()
     log("3/3 evaluate: time split, baselines, GRU4Rec training, evaluation")
+    if evaluate_assets is None:  # BART models of variants the run does not use stay out of it
+        variants = models.get("resources", {}).get("bart", {}).get("config", {}).get("variants")
+        if variants is not None:
+            job = defs.resolve_job_def("evaluate")
+            keys = [k.to_user_string() for k in job.asset_layer.selected_asset_keys]
+            evaluate_assets = [k for k in keys if not k.startswith("bart_model_") or k.removeprefix("bart_model_") in variants]
     selection = [dg.AssetKey(a) for a in evaluate_assets] if evaluate_assets else None
     if selection:  # run config may only name the selected assets
         models = {**models, "ops": {k: v for k, v in models.get("ops", {}).items() if k in evaluate_assets}}

@@ -19,7 +19,8 @@ EXPECTED_ASSETS = {
     "evaluation_events", "popularity_evaluation", "gru4rec_model", "gru4rec_evaluation",
     "vqgan_base_model", "vqgan_finetuned_model", "vqgan_evaluation", "image_tokens",
     "bart_tokenizer", "bart_training_sequences", "bart_model_text_small", "bart_model_text_large",
-    "bart_model_image_full", "bart_model_image_compact", "item_index", "bart_evaluation",
+    "bart_model_image_full", "bart_model_image_compact", "bart_model_semantic_id", "bart_model_semantic_id_text",
+    "item_index", "semantic_ids", "bart_evaluation",
     "model_comparison", "recommendations",
 }
 
@@ -74,7 +75,7 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
         assert ev.metadata["rejected"].value == 0 and ev.metadata["dagster/row_count"].value == 12_000
 
         metrics = read_metrics(lake)
-        bart = {f"bart_{v}" for v in ("text_small", "text_large", "image_full", "image_compact")}
+        bart = {f"bart_{v}" for v in ("text_small", "text_large", "image_full", "image_compact", "semantic_id", "semantic_id_text")}
         assert set(metrics["model"]) == {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_session", "gru4rec_warm"} | bart
         assert set(metrics["split"]) == {"validation", "test"}
         assert metrics["value"].between(0, 1).all()

@@ -89,35 +89,28 @@ class LanceDBResource(ObjectStoreSettings):
 
 
 class BartResource(dg.ConfigurableResource):
-    """What every BART asset shares: where the model comes from and the sequence budget."""
+    """What every BART asset shares: where the model comes from, the variants, the source budgets."""
 
     pretrained: str | None = Field(default=None, description="hub id (facebook/bart-base, the paper's) or local path; None: from config")
     size: str = Field(default="tiny", description="from-config size when pretrained is None: tiny | small | base")
-    max_source_tokens: int = 1024
-    max_examples: int = 200_000  # training pairs per variant and target week (a random subset above)
-    variants: list[str] = ["text_small", "text_large", "image_full", "image_compact"]
+    max_source_tokens: int | None = Field(default=None, description="source budget of every variant; None: each variant's own (1,024, the paper's)")
+    source_tokens: dict[str, int] = Field(default_factory=dict, description="per-variant source budgets, over max_source_tokens")
+    variants: list[str] = ["text_small", "text_large", "image_full", "image_compact", "semantic_id", "semantic_id_text"]
     seed: int = 0
 
     def variant_names(self) -> list[str]:
         from hm_recs.models.bart import VARIANTS
 
-        unknown = [v for v in self.variants if v not in VARIANTS]
+        unknown = [v for v in [*self.variants, *self.source_tokens] if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown BART variants {unknown}: choose from {sorted(VARIANTS)}")
         return list(self.variants)
 
-    def new_model(self, tokenizer):
-        """A model to fine-tune, its embeddings sized to ``tokenizer`` (image tokens included)."""
-        from hm_recs.models.bart import build_model
+    def budget(self, variant: str) -> int:
+        """The variant's source budget in tokens."""
+        from hm_recs.models.bart import VARIANTS
 
-        if self.pretrained:
-            from transformers import BartForConditionalGeneration
-
-            model = BartForConditionalGeneration.from_pretrained(self.pretrained)
-        else:
-            _, model = build_model(None, self.size, [], 0, self.seed, tokenizer=tokenizer)
-        model.resize_token_embeddings(len(tokenizer))
-        return model
+        return int(self.source_tokens.get(variant) or self.max_source_tokens or VARIANTS[variant].max_source_tokens)
 
 
 class MLflowResource(dg.ConfigurableResource):

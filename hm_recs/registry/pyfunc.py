@@ -17,6 +17,7 @@ The VQGAN is a pyfunc too: ``image_path`` in, ``tokens`` (space-separated codebo
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import warnings
@@ -90,22 +91,26 @@ def load_bundle_recommender(folder: Path, device: str = "cpu"):
 
         return GRU4RecRecommender(GRU4Rec.load(folder / "model.pt", device), mode="warm")
     if kind == "bart":
-        from hm_recs.models.bart import VARIANTS, SourceBuilder, load_bart
+        from hm_recs.models.bart import VARIANTS, SequenceCodec, load_bart
         from hm_recs.retrieval.bart_recommender import BartRecommender, catalogue_from_tables
-        from hm_recs.retrieval.item_index import ItemIndex, ItemTrie
+        from hm_recs.retrieval.item_index import ItemIndex
+        from hm_recs.retrieval.item_space import SPACE_KEY, space_from_settings
 
-        articles = pd.read_parquet(folder / "articles.parquet")
-        tokens = pd.read_parquet(folder / "tokens.parquet") if (folder / "tokens.parquet").exists() else None
-        codebook = np.load(folder / "codebook.npy") if (folder / "codebook.npy").exists() else None
-        catalogue = catalogue_from_tables(articles, tokens, codebook)
-        tok, model, _ = load_bart(folder / "model", device)
-        ref_tok, ref_model, _ = load_bart(folder / "reference_model", device)
-        builder = SourceBuilder(catalogue, VARIANTS[settings["variant"]], tok, settings["max_source_tokens"])
-        method = settings.get("grounding", "nearest")
-        trie = ItemTrie(tok, catalogue.texts) if method == "constrained" else None
-        index = ItemIndex(settings.get("index_uri") or str(folder / "lancedb"))
-        return BartRecommender(f"bart_{settings['variant']}", model, tok, builder, index, trie, method,
-                               settings.get("generations", 4), settings.get("batch_size", 32), embedder=(ref_model, ref_tok))
+        def optional(name, read):
+            return read(folder / name) if (folder / name).exists() else None
+
+        catalogue = catalogue_from_tables(pd.read_parquet(folder / "articles.parquet"), optional("tokens.parquet", pd.read_parquet),
+                                          optional("codebook.npy", np.load), optional("semantic_ids.parquet", pd.read_parquet))
+        tok, model, notes = load_bart(folder / "model", device)
+        codec = SequenceCodec(catalogue, VARIANTS[settings["variant"]], tok, notes.get("max_source_tokens"))
+        method = settings.get("grounding", "constrained")
+        index = space = None
+        if method == "nearest":
+            index = ItemIndex(settings.get("index_uri") or str(folder / "lancedb"))
+            space = space_from_settings(index.metadata(SPACE_KEY), device)
+        cutoff = notes.get("trained_before")
+        return BartRecommender(f"bart_{settings['variant']}", model, codec, method, settings.get("beams", 20), index, space,
+                               settings.get("generations", 4), trained_before=dt.date.fromisoformat(cutoff) if cutoff else None)
     raise ValueError(f"{folder}: unknown recommender kind {kind!r}")
 
 

@@ -1,97 +1,201 @@
-"""BART on the shared protocol: generate the next item's text, ground it to real articles."""
+"""BART on the shared protocol: histories -> sources -> a ranked list of real articles.
+
+Two ways from a generator to articles (the ``bart_evaluation`` asset picks one on the validation
+week):
+
+* ``constrained``: beam search that can only write catalogue articles
+  (:mod:`hm_recs.retrieval.constrained`); the list is the model's own ranking by sequence
+  log-likelihood. The only method for semantic-ID variants, whose outputs are codes, not text.
+* ``nearest``: free beam search writes ``generations`` texts; each is embedded in the item space
+  (:mod:`hm_recs.retrieval.item_space`) and matched to its nearest articles in the LanceDB index;
+  the lists are merged round robin. How far the best text lands from any article is recorded.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
-from hm_recs.models.bart import Catalogue, SourceBuilder, generate, item_text
-from hm_recs.retrieval.item_index import ItemIndex, ItemTrie, merge_rankings, text_embeddings
+from hm_recs.models.bart import Catalogue, SequenceCodec, generate, item_text
+from hm_recs.retrieval.constrained import ItemTrie, constrained_beam_search
 
-GROUNDING_METHODS = ("nearest", "constrained")
-
-
-def customer_sequences(purchases: pd.DataFrame, end=None, start=None) -> list[tuple[int, np.ndarray]]:
-    """Each customer's purchases (consecutive repeats collapsed) in time order, optionally limited
-    to days in [start, end]."""
-    t = purchases["t_dat"].to_numpy().astype("datetime64[D]")
-    keep = ~purchases["is_consecutive_repeat"].to_numpy()
-    if end is not None:
-        keep &= t <= np.datetime64(end, "D")
-    if start is not None:
-        keep &= t >= np.datetime64(start, "D")
-    df = purchases[keep]
-    return [(int(c), g.to_numpy(np.int64)) for c, g in df.groupby("customer_idx", sort=True)["article_idx"]]
+GROUNDING_METHODS = ("constrained", "nearest")
 
 
-def catalogue_from_tables(articles: pd.DataFrame, tokens: pd.DataFrame | None = None, codebook: np.ndarray | None = None) -> Catalogue:
-    """Texts by ``article_idx`` from the article features, image codes from the image tokens."""
+def catalogue_from_tables(
+    articles: pd.DataFrame,
+    tokens: pd.DataFrame | None = None,
+    codebook: np.ndarray | None = None,
+    semantic_ids: pd.DataFrame | None = None,
+) -> Catalogue:
+    """Texts by ``article_idx`` from the article features, image codes from the image tokens,
+    semantic IDs from the semantic-ID table (one list column per set)."""
     articles = articles.sort_values("article_idx")
     texts = [item_text(r) for r in articles.to_dict("records")]
     codes: list = [None] * len(texts)
     if tokens is not None:
         by_id = dict(zip(tokens["article_id"], tokens["tokens"], strict=True))
-        codes = [None if by_id.get(a) is None else np.asarray(by_id[a], np.int64) for a in articles["article_id"]]
-    return Catalogue(texts, codes, codebook, 0 if codebook is None else len(codebook))
+        codes = [
+            None if by_id.get(a) is None else np.asarray(by_id[a], np.int64) for a in articles["article_id"]
+        ]
+    sids = {}
+    if semantic_ids is not None:
+        table = semantic_ids.set_index("article_id").reindex(articles["article_id"])
+        for which in ("multimodal", "text"):
+            if which in table.columns and not table[which].isna().any():
+                sids[which] = np.stack([np.asarray(v, np.int64) for v in table[which]])
+    return Catalogue(texts, codes, codebook, 0 if codebook is None else len(codebook), sids)
+
+
+def merge_rankings(candidate_lists: Sequence[Sequence[int]], k: int) -> np.ndarray:
+    """One ranked list from several (best list first): first occurrence wins, -1 pads."""
+    out = np.full(k, -1, np.int64)
+    seen, n = set(), 0
+    for lst in candidate_lists:
+        for a in lst:
+            a = int(a)
+            if a >= 0 and a not in seen:
+                seen.add(a)
+                out[n] = a
+                n += 1
+                if n == k:
+                    return out
+    return out
 
 
 class BartRecommender:
-    """The shared protocol's ``Recommender``: histories -> sources -> generation -> grounding."""
+    """The shared protocol's ``Recommender`` for one BART variant.
 
-    def __init__(self, name: str, model, tokenizer, builder: SourceBuilder, index: ItemIndex | None = None,
-                 trie: ItemTrie | None = None, method: str = "nearest", generations: int = 4, batch_size: int = 32,
-                 embedder: tuple | None = None):
+    ``beams`` is the beam width of constrained decoding (at least ``k`` is used); requests are
+    decoded longest first, in batches whose encoder states and cross-attention caches (every beam
+    keeps its request's) take about ``memory_bytes``. After
+    each call, ``best`` holds every request's best generation as text and ``best_distance`` its
+    cosine distance to the nearest article (0 for constrained decoding: it writes only articles)."""
+
+    def __init__(
+        self,
+        name: str,
+        model,
+        codec: SequenceCodec,
+        method: str = "constrained",
+        beams: int = 20,
+        index=None,
+        space=None,
+        generations: int = 4,
+        memory_bytes: int = 1 << 30,
+        trie: ItemTrie | None = None,
+        trained_before: dt.date | None = None,
+    ):
         if method not in GROUNDING_METHODS:
             raise ValueError(f"grounding must be one of {GROUNDING_METHODS}, got {method!r}")
-        if method == "nearest" and index is None:
-            raise ValueError("nearest grounding needs the item index")
-        if method == "constrained" and trie is None:
-            raise ValueError("constrained grounding needs the item trie")
-        self.name, self.model, self.tokenizer, self.builder = name, model, tokenizer, builder
-        self.index, self.trie, self.method, self.generations, self.batch_size = index, trie, method, generations, batch_size
-        # the (model, tokenizer) whose encoder made the index's text vectors; queries use the same
-        self.embedder = embedder or (model, tokenizer)
-        self.generated: list[str] = []  # the best generation of every request so far, in order
-        self.best_distance: list[float] = []  # cosine distance from it to the nearest article (0: an item text)
+        if method == "nearest" and codec.variant.semantic_ids:
+            raise ValueError(
+                f"{name}: a semantic-ID variant writes codes, not text: only constrained decoding applies"
+            )
+        if method == "nearest" and (index is None or space is None):
+            raise ValueError("nearest grounding needs the item index and the item space")
+        self.name, self.model, self.codec, self.method = name, model, codec, method
+        self.trained_before = trained_before  # the training data's cutoff, when known
+        self.beams, self.index, self.space, self.generations = beams, index, space, generations
+        cfg = model.config
+        # per beam and source token: the encoder state plus a key and a value per decoder layer
+        self.row_tokens = max(1, int(memory_bytes // ((1 + 2 * cfg.decoder_layers) * cfg.d_model * 4)))
+        self.trie = trie if trie is not None or method != "constrained" else ItemTrie(codec.targets())
+        self.best: list[str] = []
+        self.best_distance: list[float] = []
+        self.top_items: list[int] = []
 
     def reset(self) -> None:
-        self.generated, self.best_distance = [], []
-
-    def sources(self, histories: Sequence[np.ndarray]) -> list[str]:
-        return [self.builder.source(h)[0] for h in histories]
+        self.best, self.best_distance, self.top_items = [], [], []
 
     def recommend(self, customers, histories, session_starts, k: int) -> np.ndarray:
-        sources = self.sources(histories)
         if self.method == "nearest":
-            return self._nearest(sources, k)
-        return self._constrained(sources, k)
+            return self._nearest(histories, k)
+        return self._constrained(histories, k)
 
-    def _nearest(self, sources: list[str], k: int) -> np.ndarray:
+    def _batches(self, histories, width: int):
+        """Request indices in batches of similar source length, longest first."""
+        lengths = np.array([min(len(h), self.codec.variant.history_items) for h in histories])
+        order = np.argsort(-lengths, kind="stable")
+        avg_piece = max(
+            1.0, float(np.mean([len(self.codec.piece(h[-1])) for h in histories if len(h)] or [1]))
+        )
+        i = 0
+        while i < len(order):
+            tokens = min(self.codec.max_tokens, 2 + lengths[order[i]] * avg_piece)
+            size = max(1, int(self.row_tokens // (tokens * width)))
+            yield order[i : i + size]
+            i += size
+
+    def _constrained(self, histories, k: int) -> np.ndarray:
+        device = next(self.model.parameters()).device
+        beams = max(self.beams, k)
+        out = np.full((len(histories), k), -1, np.int64)
+        top = np.full(len(histories), -1, np.int64)
+        for batch in self._batches(histories, beams):
+            ids, mask = self.codec.encode_sources([histories[i] for i in batch], device)
+            for i, ranked in zip(
+                batch, constrained_beam_search(self.model, ids, mask, self.trie, beams), strict=True
+            ):
+                m = min(k, len(ranked.items))
+                out[i, :m] = ranked.items[:m]
+                top[i] = ranked.items[0] if len(ranked.items) else -1
+        self.top_items += top.tolist()
+        self.best += [self.codec.catalogue.texts[t] if t >= 0 else "" for t in top]
+        self.best_distance += [0.0] * len(histories)
+        return out
+
+    def _nearest(self, histories, k: int) -> np.ndarray:
         n_gen = max(1, self.generations)
-        texts = generate(self.model, self.tokenizer, sources, self.builder.max_tokens, batch_size=self.batch_size,
-                         num_beams=n_gen, num_return_sequences=n_gen)
-        self.generated += [t[0] for t in texts]
+        texts = generate(
+            self.model,
+            self.codec,
+            histories,
+            batch_size=max(1, 256 // n_gen),
+            num_beams=n_gen,
+            num_return_sequences=n_gen,
+        )
         flat = [t for group in texts for t in group]
-        emb = text_embeddings(self.embedder[0], self.embedder[1], flat)
-        idx, dist = self.index.nearest(emb, k, column="text_vector")
-        self.best_distance += dist[::n_gen, 0].tolist()
-        out = np.full((len(sources), k), -1, np.int64)
-        for i in range(len(sources)):
+        idx, dist = self.index.nearest(self.space.embed(flat), k, column="vector")
+        out = np.full((len(histories), k), -1, np.int64)
+        for i in range(len(histories)):
             rows = idx[i * n_gen : (i + 1) * n_gen]
             # round robin over the generations: each one's nearest, then each one's second, ...
             out[i] = merge_rankings([rows[:, j] for j in range(k)], k)
+        self.best += [t[0] for t in texts]
+        self.best_distance += dist[::n_gen, 0].astype(float).tolist()
+        self.top_items += out[:, 0].tolist()
         return out
 
-    def _constrained(self, sources: list[str], k: int) -> np.ndarray:
-        n_gen = max(1, min(k, self.generations))
-        start = self.model.config.decoder_start_token_id
-        texts = generate(self.model, self.tokenizer, sources, self.builder.max_tokens, batch_size=self.batch_size,
-                         num_beams=n_gen, num_return_sequences=n_gen, prefix_allowed_tokens_fn=self.trie.prefix_fn(start))
-        self.generated += [t[0] for t in texts]
-        self.best_distance += [0.0 if t[0] in self.trie.text_to_items else 1.0 for t in texts]
-        out = np.full((len(sources), k), -1, np.int64)
-        for i, group in enumerate(texts):
-            out[i] = merge_rankings([self.trie.text_to_items.get(t, []) for t in group], k)
-        return out
+
+@torch.no_grad()
+def distinct_generations(recommender: BartRecommender, histories: Sequence[np.ndarray], k: int = 12) -> dict:
+    """Does the output change with the input? For different histories: how many different ranked
+    lists (top ``k``) and best articles come out, and how much two lists overlap on average (Jaccard
+    of their sets). A model that ignores its input gives one list; a good model may still put one
+    trending article first for many customers, so the lists, not the first articles, are the test."""
+    recommender.reset()
+    lists = recommender.recommend(
+        np.zeros(len(histories), np.int64), list(histories), np.zeros(len(histories), np.int64), k
+    )
+    tops = [int(r[0]) for r in lists if r[0] >= 0]
+    sets = [set(r[r >= 0].tolist()) for r in lists]
+    pairs = [
+        (i, j) for i in range(len(sets)) for j in range(i + 1, min(len(sets), i + 21))
+    ]  # each list against the next 20
+    overlap = [len(sets[i] & sets[j]) / max(1, len(sets[i] | sets[j])) for i, j in pairs]
+    n = max(1, len(histories))
+    return {
+        "sources": len(histories),
+        "distinct_lists": len({tuple(r.tolist()) for r in lists}),
+        "distinct_list_share": len({tuple(r.tolist()) for r in lists}) / n,
+        "distinct_best_articles": len(set(tops)),
+        "most_common_best_share": float(pd.Series(tops).value_counts(normalize=True).iloc[0])
+        if tops
+        else 1.0,
+        "mean_jaccard": float(np.mean(overlap)) if overlap else 1.0,
+    }

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 from dagster import AssetExecutionContext
 
-from hm_recs.defs.bart.assets import bart_evaluation
+from hm_recs.defs.bart.evaluation import bart_evaluation
 from hm_recs.defs.evaluation.assets import popularity_evaluation
 from hm_recs.defs.gru4rec.assets import gru4rec_evaluation
 from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
