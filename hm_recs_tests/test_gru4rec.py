@@ -10,6 +10,7 @@ from hm_recs.models.gru4rec import (
     PRESETS,
     GRU4Rec,
     GRU4RecConfig,
+    GRU4RecNet,
     GRU4RecRecommender,
     SampleStore,
     SessionData,
@@ -17,6 +18,7 @@ from hm_recs.models.gru4rec import (
     bpr_max,
     build_sessions,
     cross_entropy_logq,
+    logq_terms,
     session_parallel_batches,
     top_k_deterministic,
     train_resumable,
@@ -93,6 +95,75 @@ def test_cross_entropy_with_logq_by_hand():
     assert float(corrected) == pytest.approx(by_hand, rel=1e-6)
 
 
+def test_logq_is_the_official_unnormalised_form():
+    """The authors' code subtracts logq * log(P0[y]) for the in-batch targets and
+    logq * log(P0[s] ** alpha) for the samples, P0 being raw support counts (not probabilities)."""
+    support = np.array([3.0, 10.0, 1.0, 6.0])
+    g = torch.Generator().manual_seed(0)
+    store = SampleStore(support, alpha=0.5, n_sample=5, store_size=50, device="cpu", generator=g)
+    sample, sample_log_q = store.draw_with_log_q()
+    targets = torch.tensor([1, 3, 0])
+    got = logq_terms(torch.log(torch.tensor(support, dtype=torch.float32)), targets, sample_log_q).numpy()
+    p0 = support
+    official = np.concatenate([np.log(p0[[1, 3, 0]]), np.log(p0[sample.numpy()] ** 0.5)])
+    np.testing.assert_allclose(got, official, rtol=1e-6)
+    # the normalised form (log of probabilities) would shift the sampled columns against the in-batch
+    # ones by log(sum support) - log(sum support ** alpha): a different objective
+    normalised = np.concatenate(
+        [np.log(p0[[1, 3, 0]] / p0.sum()), np.log(p0[sample.numpy()] ** 0.5 / (p0**0.5).sum())]
+    )
+    assert not np.allclose(got[3:] - got[0], normalised[3:] - normalised[0])
+
+
+def test_one_hot_gru_cell_is_the_official_formula():
+    torch.manual_seed(0)
+    cfg = GRU4RecConfig(layers=(4,), constrained_embedding=False, embedding=0)
+    net = GRU4RecNet(n_items=6, cfg=cfg).eval()
+    cell = net.first
+    with torch.no_grad():
+        cell.b.uniform_(-0.5, 0.5)
+    x = torch.tensor([2, 5])
+    h = torch.randn(2, 4)
+    got = cell(x, h).detach().numpy()
+    # written out from the authors' GRUEmbedding: Vx = Wx0[x] + Bh0 split (candidate, reset, update);
+    # Vrz = H Wrz0 split (reset, update); h~ = tanh((r * H) Wh0 + vx_candidate); h' = (1-z) H + z h~
+    wx, wrz, wh, b = (t.detach().numpy().astype(np.float64) for t in (cell.Wx, cell.Wrz, cell.Wh, cell.b))
+    hn = h.numpy().astype(np.float64)
+
+    def sig(v):
+        return 1 / (1 + np.exp(-v))
+
+    vx = wx[[2, 5]] + b
+    r = sig(vx[:, 4:8] + hn @ wrz[:, :4])
+    z = sig(vx[:, 8:] + hn @ wrz[:, 4:])
+    cand = np.tanh((r * hn) @ wh + vx[:, :4])
+    np.testing.assert_allclose(got, (1 - z) * hn + z * cand, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_dropped_out_output_is_the_next_hidden_state(one_hot):
+    """The official hidden_step sets H[i] to the layer's output after dropout (and, with one-hot
+    input, H[0] to the first layer's output after the embedding dropout)."""
+    torch.manual_seed(0)
+    cfg = GRU4RecConfig(
+        layers=(16, 8),
+        constrained_embedding=not one_hot,
+        embedding=0,
+        dropout_p_embed=0.5,
+        dropout_p_hidden=0.5,
+    )
+    net = GRU4RecNet(n_items=10, cfg=cfg).train()
+    H = net.initial_state(3, "cpu")
+    x = torch.tensor([1, 4, 7])
+    h, H1, _, _ = net.step(x, H, torch.tensor([2, 5, 8]))
+    assert torch.equal(h, H1[-1])  # the scored output and the carried state are one tensor
+    for state in H1:
+        assert (state == 0).float().mean() > 0.2  # dropout zeroed part of every layer's state
+    net.eval()
+    h_eval, H_eval, _, _ = net.step(x, H, None)
+    assert torch.equal(h_eval, H_eval[-1]) and (H_eval[-1] != 0).all()
+
+
 def test_bpr_max_by_hand():
     scores = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.5, -1.0]])
     got = float(bpr_max(scores, bpreg=0.5, elu_param=0.0))
@@ -133,6 +204,30 @@ def test_row_updates_match_a_dense_adagrad_momentum_step(momentum):
     opt.step_rows(p, rows, grad_rows)
     g = grad_rows[0]
     assert torch.allclose(p.detach()[1], start[1] - 0.1 * g / torch.sqrt(g * g + 1e-6), atol=1e-6)
+
+
+@pytest.mark.parametrize("rows_only", [False, True])
+def test_adagrad_momentum_two_steps_by_hand(rows_only):
+    """Two steps of Adagrad with momentum computed by hand (acc += g^2; mom = m * mom - lr * g /
+    sqrt(acc + eps); p += mom), for a dense step and a row update."""
+    lr, m, eps = 0.1, 0.5, 1e-6
+    p0 = np.array([[1.0, -2.0], [0.5, 0.25]])
+    g1 = np.array([[0.2, -0.4], [1.0, 0.0]])
+    g2 = np.array([[-0.3, 0.1], [0.5, 2.0]])
+    acc1 = g1**2
+    mom1 = -lr * g1 / np.sqrt(acc1 + eps)
+    acc2 = acc1 + g2**2
+    mom2 = m * mom1 - lr * g2 / np.sqrt(acc2 + eps)
+    expected = p0 + mom1 + mom2
+    p = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float64))
+    opt = SparseAdagradM([p], lr=lr, momentum=m, eps=eps)
+    for g in (g1, g2):
+        if rows_only:
+            opt.step_rows(p, torch.tensor([0, 1]), torch.tensor(g))
+        else:
+            p.grad = torch.tensor(g)
+            opt.step()
+    np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-12)
 
 
 def sequence_sessions(n_sessions=60):

@@ -8,14 +8,16 @@
   drawn with probability proportional to support ** ``sample_alpha``, from a store of pre-drawn
   samples kept on the training device (refilled when used up). The whole catalogue is never scored
   in training.
-* **Losses.** Cross-entropy over the sampled scores with logQ correction (``logq``: subtract
-  ``logq * log q(item)``, q being the probability the item entered the candidate set), and BPR-max
+* **Losses.** Cross-entropy over the sampled scores with logQ correction in the authors' unnormalised
+  form (``logq`` times: the log of the raw support count for the mini-batch's own targets, and
+  ``sample_alpha`` times that log for the sampled items, subtracted from the scores), and BPR-max
   (softmax-weighted BPR over the negatives plus ``bpreg`` times the softmax-weighted squared scores)
   with an optional ELU on the scores (``elu_param``).
 * **Embeddings.** ``constrained_embedding``: one matrix is both the input embedding and the output
   weights; ``embedding > 0``: a separate input embedding; otherwise one-hot input (a sparse
   ``n_items x 3H`` input matrix of the first GRU layer).
-* **Regularisation.** Dropout on the input embedding and after every GRU layer.
+* **Regularisation.** Dropout on the input embedding and after every GRU layer; a layer's dropped-out
+  output is also its next hidden state, as in the authors' code.
 * **Optimiser.** Adagrad with momentum that updates only the rows of the item matrices a step
   touched (sparse updates), so a step costs O(batch + n_sample), not O(catalogue).
 
@@ -95,6 +97,31 @@ class GRU4RecConfig:
         d = dict(d)
         d["layers"] = tuple(d["layers"])
         return cls(**d)
+
+    @classmethod
+    def from_param_string(cls, ps: str, **defaults) -> GRU4RecConfig:
+        """A configuration from the official code's ``-ps`` string, e.g.
+        ``loss=cross-entropy,layers=100/100,batch_size=32,constrained_embedding=True`` (layers joined
+        by ``/``; ``embedding=layersize`` means the first layer's size)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict = dict(defaults)
+        for part in filter(None, (p.strip() for p in ps.split(","))):
+            key, sep, raw = part.partition("=")
+            if not sep or key not in fields:
+                raise ValueError(f"-ps {ps!r}: unknown parameter {key!r} (known: {', '.join(sorted(fields))})")
+            if key == "layers":
+                values[key] = tuple(int(x) for x in raw.split("/"))
+            elif isinstance(fields[key].default, bool):
+                if raw not in ("True", "False", "1", "0"):
+                    raise ValueError(f"-ps {ps!r}: {key} must be True or False, got {raw!r}")
+                values[key] = raw in ("True", "1")
+            elif key == "embedding" and raw == "layersize":
+                values[key] = -1
+            else:
+                values[key] = type(fields[key].default)(raw)
+        if values.get("embedding") == -1:
+            values["embedding"] = values.get("layers", cls.layers)[0]
+        return cls(**values)
 
 
 PRESETS: dict[str, GRU4RecConfig] = {
@@ -206,6 +233,8 @@ class SampleStore:
         self.probability = torch.tensor(p / p.sum(), dtype=torch.float32, device=device)
         self.cdf = torch.cumsum(self.probability.double(), 0).float()
         self.cdf[-1] = 1.0
+        # the authors' logQ term for a sampled item: alpha * log(support), unnormalised
+        self.log_weight = torch.tensor(alpha * np.log(np.asarray(support, np.float64)), dtype=torch.float32, device=device)
         self.n_sample = n_sample
         self.rows = max(1, store_size // max(n_sample, 1))
         self.device, self.generator = device, generator
@@ -214,7 +243,7 @@ class SampleStore:
     def _refill(self) -> None:
         u = torch.rand(self.rows * self.n_sample, generator=self.generator, device=self.device)
         self.store = torch.searchsorted(self.cdf, u, right=True).clamp_(max=len(self.cdf) - 1).view(self.rows, self.n_sample)
-        self.log_q = torch.log(self.probability)[self.store]  # the logQ correction, looked up once
+        self.log_q = self.log_weight[self.store]  # the logQ correction, looked up once
         self.pointer = 0
 
     def draw(self) -> torch.Tensor:
@@ -261,24 +290,30 @@ class RowLookup:
 
 
 class OneHotGRULayer(nn.Module):
-    """The first GRU layer with one-hot input: its input matrix is an n_items x 3H row lookup."""
+    """The first GRU layer with one-hot input: its input matrix is an n_items x 3H row lookup.
+
+    The cell is the authors' formula, not ``nn.GRUCell``'s: the reset gate scales the previous state
+    *before* the recurrent matrix of the candidate, ``c = tanh(x W_c + (r * h) W_h)``, and the reset
+    and update gates have their own recurrent matrix ``W_rz`` (H x 2H); there is one bias, on the
+    input side.
+    """
 
     def __init__(self, n_items: int, hidden: int):
         super().__init__()
-        self.Wx = nn.Parameter(torch.empty(n_items, 3 * hidden))
-        self.Wh = nn.Parameter(torch.empty(hidden, 3 * hidden))
+        self.Wx = nn.Parameter(torch.empty(n_items, 3 * hidden))  # candidate, reset, update
+        self.Wrz = nn.Parameter(torch.empty(hidden, 2 * hidden))
+        self.Wh = nn.Parameter(torch.empty(hidden, hidden))
         self.b = nn.Parameter(torch.zeros(3 * hidden))
         _uniform_init(self.Wx, scale1=3)
-        _uniform_init(self.Wh, scale1=3)
+        _uniform_init(self.Wrz, scale1=2)
+        _uniform_init(self.Wh)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, lookup=dense_rows) -> torch.Tensor:
-        gx = lookup(self.Wx, x) + self.b
-        gh = h @ self.Wh
-        xc, xr, xz = gx.chunk(3, 1)
-        hc, hr, hz = gh.chunk(3, 1)
+        xc, xr, xz = (lookup(self.Wx, x) + self.b).chunk(3, 1)
+        hr, hz = (h @ self.Wrz).chunk(2, 1)
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz + hz)
-        cand = torch.tanh(xc + r * hc)
+        cand = torch.tanh(xc + (r * h) @ self.Wh)
         return (1 - z) * h + z * cand
 
 
@@ -342,19 +377,20 @@ class GRU4RecNet(nn.Module):
             if out_w is None:
                 out_w = lookup(self.Wy, cand)
             out_b = lookup(self.By, cand).squeeze(1)
+        # dropout as the authors place it: the dropped-out output of a layer is also the state it
+        # carries to the next step; with one-hot input the first layer's output takes the place of
+        # the embedding (dropped with dropout_p_embed) and is that layer's next state
         H = list(H)
         if self.one_hot:
-            h = self.first(x, H[0], lookup)
+            h = self.drop_embed(self.first(x, H[0], lookup))
             H[0] = h
-            h = self.drop_hidden(h)
             offset = 1
         else:
             h = self.drop_embed(e)
             offset = 0
         for i, gru in enumerate(self.grus):
-            h = gru(h, H[i + offset])
+            h = self.drop_hidden(gru(h, H[i + offset]))
             H[i + offset] = h
-            h = self.drop_hidden(h)
         return h, H, out_w, out_b
 
     def scores(self, h: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor) -> torch.Tensor:
@@ -364,6 +400,14 @@ class GRU4RecNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # losses
 # ---------------------------------------------------------------------------------------------
+def logq_terms(log_support: torch.Tensor, targets: torch.Tensor, sample_log_q: torch.Tensor | None) -> torch.Tensor:
+    """The logQ term of every candidate column: log(support) of the mini-batch's targets, then the
+    samples' ``alpha * log(support)`` (from :class:`SampleStore`), unnormalised as in the authors'
+    code (normalising would shift the sampled columns against the in-batch ones)."""
+    own = log_support.index_select(0, targets)
+    return own if sample_log_q is None else torch.cat([own, sample_log_q])
+
+
 def cross_entropy_logq(scores: torch.Tensor, log_q: torch.Tensor | None, logq: float) -> torch.Tensor:
     """Summed cross-entropy with the targets on the diagonal of ``scores`` (rows x candidates)."""
     if logq > 0 and log_q is not None:
@@ -507,7 +551,7 @@ class GRU4Rec:
         """Train for ``cfg.n_epochs`` epochs (resuming after ``epochs_done``), checkpointing each epoch."""
         cfg = self.cfg
         stop = min(cfg.n_epochs, max_epochs if max_epochs is not None else cfg.n_epochs)
-        log_p_batch = torch.tensor(np.log(self.support / self.support.sum()), dtype=torch.float32, device=self.device)
+        log_p_batch = torch.tensor(np.log(self.support), dtype=torch.float32, device=self.device)  # unnormalised
         while self.epochs_done < stop:
             epoch = self.epochs_done
             gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + epoch)
@@ -529,12 +573,9 @@ class GRU4Rec:
                     H = [h.masked_fill(r.unsqueeze(1), 0.0) for h in H]
                 x = torch.from_numpy(inputs).to(self.device)
                 y = torch.from_numpy(targets).to(self.device)
-                if store is not None:
-                    sample, sample_log_q = store.draw_with_log_q()
-                    cand = torch.cat([y, sample])
-                    log_q = torch.cat([log_p_batch.index_select(0, y), sample_log_q]) if cfg.logq > 0 else None
-                else:
-                    cand, log_q = y, (log_p_batch.index_select(0, y) if cfg.logq > 0 else None)
+                sample, sample_log_q = store.draw_with_log_q() if store is not None else (None, None)
+                cand = y if sample is None else torch.cat([y, sample])
+                log_q = logq_terms(log_p_batch, y, sample_log_q) if cfg.logq > 0 else None
                 H = [h.detach() for h in H]
                 self.net.zero_grad(set_to_none=True)
                 lookup = RowLookup()
@@ -641,7 +682,9 @@ class GRU4Rec:
     def score_states(self, states: torch.Tensor) -> torch.Tensor:
         return self.net.scores(states, self.net.Wy, self.net.By.squeeze(1))
 
-    def evaluate_sessions(self, data: SessionData, ks: Sequence[int] = DEFAULT_KS, batch_size: int = 512, skipped: int = 0) -> dict:
+    def evaluate_sessions(
+        self, data: SessionData, ks: Sequence[int] = DEFAULT_KS, batch_size: int = 512, skipped: int = 0, keep_ranks: bool = False
+    ) -> dict:
         """The authors' protocol: every session from a zero state, each next item ranked against all
         training items with conservative ties; Recall@K and MRR@K averaged over events."""
         self.net.eval()
@@ -666,6 +709,8 @@ class GRU4Rec:
         for k in ks:
             out[f"Recall@{k}"] = float((ranks <= k).mean()) if len(ranks) else 0.0
             out[f"MRR@{k}"] = float(np.where(ranks <= k, 1.0 / ranks, 0.0).mean()) if len(ranks) else 0.0
+        if keep_ranks:
+            out["ranks"] = ranks
         return out
 
 
