@@ -54,6 +54,31 @@ def test_events_collapse_repeats_and_carry_history(purchases):
     assert raw.event_target.tolist() == [3, 4, 5]  # the second unit of 3 is an event here
 
 
+
+def test_map_requests_continue_the_customers_last_session(purchases):
+    """A session-based model asked for a customer's week list gets that customer's last real session
+    before the week, not an empty one (which would rank by output biases alone)."""
+    rows = purchases.copy()
+    extra = purchases_frame([(0, 7, "2020-09-09", 14, 0, False), (0, 8, "2020-09-09", 14, 1, False)])
+    rows = pd.concat([rows.iloc[:2], extra, rows.iloc[2:]], ignore_index=True)
+    week = build_target_week(rows, "test", D(2020, 9, 16), D(2020, 9, 22), 10, EvaluationProtocol())
+    assert [h.tolist() for h in week.customer_history] == [[1, 2, 7, 8], []]
+    assert week.map_session_starts().tolist() == [2, 0]  # customer 0's last session is 7, 8
+
+    seen = []
+
+    class SessionModel:
+        name = "session"
+
+        def recommend(self, customers, histories, session_starts, k):
+            seen.extend(h[s:].tolist() for h, s in zip(histories, session_starts, strict=True))
+            return np.zeros((len(customers), k), np.int64)
+
+    evaluate(SessionModel(), week, EvaluationProtocol(n_bootstrap=10))
+    assert seen[-2:] == [[7, 8], []]
+    assert week.subset(1, 2).map_session_starts().tolist() == [2, 0]
+
+
 class Oracle:
     """Knows the answer: puts the target first (used to check the runner end to end)."""
 

@@ -86,6 +86,14 @@ class TargetWeek:
     customers: np.ndarray
     customer_history: list[np.ndarray]
     purchases: list[set]
+    # where each MAP customer's last session before the week starts in ``customer_history`` (the
+    # session a session-based model continues; len(history) for a customer with no history)
+    customer_session_start: np.ndarray | None = None
+
+    def map_session_starts(self) -> np.ndarray:
+        if self.customer_session_start is not None:
+            return self.customer_session_start
+        return np.array([len(h) for h in self.customer_history], np.int64)
 
     @property
     def n_events(self) -> int:
@@ -102,6 +110,7 @@ class TargetWeek:
             self.name, self.start, self.end, self.n_items,
             self.event_customer[e], self.event_target[e], [self.event_history[i] for i in e], self.event_session_start[e],
             self.customers[c], [self.customer_history[i] for i in c], [self.purchases[i] for i in c],
+            self.map_session_starts()[c],
         )
 
 
@@ -126,6 +135,10 @@ def build_target_week(
     before = df[(t < lo) & np.isin(df["customer_idx"].to_numpy(), customers)]
     empty = np.empty(0, np.int64)
     history = {int(c): g.to_numpy(np.int64) for c, g in before.groupby("customer_idx", sort=False)["article_idx"]}
+    last_session = {  # rows are in time order, so a customer's last session is their last rows
+        int(c): int((g.to_numpy() == g.to_numpy()[-1]).argmax())
+        for c, g in before.groupby("customer_idx", sort=False)["session_id"]
+    }
 
     ev_c, ev_t, ev_h, ev_s = [], [], [], []
     for (c, _sid), items in week.groupby(["customer_idx", "session_id"], sort=True)["article_idx"]:
@@ -150,6 +163,7 @@ def build_target_week(
         customers=customers,
         customer_history=[history.get(int(c), empty) for c in customers],
         purchases=[bought[int(c)] for c in customers],
+        customer_session_start=np.array([last_session.get(int(c), 0) for c in customers], np.int64),
     )
 
 
@@ -206,7 +220,9 @@ def evaluate(model: Recommender, week: TargetWeek, protocol: EvaluationProtocol 
     for name, values in per_event.items():
         metrics[name] = bootstrap_ci(values, week.event_customer, protocol.n_bootstrap, seed=protocol.seed)
 
-    starts = np.array([len(h) for h in week.customer_history], np.int64)
+    # a MAP request is made at the week's start: a session-based model continues the customer's last
+    # session before the week (an empty one would score only the output biases)
+    starts = week.map_session_starts()
     map_lists = _apply_mask(model, week.customers, week.customer_history, starts, protocol.map_k, protocol, f"{model.name} MAP")
     _, ap = map_at_k([row[row >= 0].tolist() for row in map_lists], week.purchases, protocol.map_k)
     metrics[f"MAP@{protocol.map_k}"] = bootstrap_ci(ap, None, protocol.n_bootstrap, seed=protocol.seed)
