@@ -13,9 +13,11 @@ import torch
 from hm_recs.models.vqgan import (
     CONFIGS,
     VectorQuantizer,
+    VQLPIPSWithDiscriminator,
     VQModel,
     load_model,
     load_taming_checkpoint,
+    psnr,
     save_model,
 )
 from hm_recs.models.vqgan_training import (
@@ -97,6 +99,144 @@ def test_official_key_layout_loads_strictly_and_needs_trust(tmp_path):
         load_taming_checkpoint(wrong, path, trust_pickle=True)
 
 
+def taming_f16_keys() -> set[str]:
+    """The state_dict keys of taming-transformers' vqgan_imagenet_f16_1024, written out from its
+    published config (ch 128, ch_mult [1,1,2,2,4], num_res_blocks 2, attn_resolutions [16],
+    resolution 256, z_channels 256, embed_dim 256, n_embed 1024; VQLPIPSWithDiscriminator with a
+    3-layer PatchGAN and LPIPS over VGG16) and taming's module code, independently of hm_recs."""
+    ch, mult, n_blocks, res = 128, [1, 1, 2, 2, 4], 2, 256
+    wb = ("weight", "bias")
+    keys: set[str] = set()
+
+    def add(prefix, names=wb):
+        keys.update(f"{prefix}.{n}" for n in names)
+
+    def resblock(prefix, c_in, c_out):
+        for part in ("norm1", "conv1", "norm2", "conv2"):
+            add(f"{prefix}.{part}")
+        if c_in != c_out:
+            add(f"{prefix}.nin_shortcut")
+
+    def attn(prefix):
+        for part in ("norm", "q", "k", "v", "proj_out"):
+            add(f"{prefix}.{part}")
+
+    add("encoder.conv_in")
+    cur, c_in = res, ch
+    for i, m in enumerate(mult):
+        for j in range(n_blocks):
+            resblock(f"encoder.down.{i}.block.{j}", c_in, ch * m)
+            c_in = ch * m
+            if cur == 16:
+                attn(f"encoder.down.{i}.attn.{j}")
+        if i != len(mult) - 1:
+            add(f"encoder.down.{i}.downsample.conv")
+            cur //= 2
+    for side in ("encoder", "decoder"):
+        resblock(f"{side}.mid.block_1", 512, 512)
+        attn(f"{side}.mid.attn_1")
+        resblock(f"{side}.mid.block_2", 512, 512)
+        add(f"{side}.norm_out")
+        add(f"{side}.conv_out")
+    add("decoder.conv_in")
+    c_in, cur = ch * mult[-1], res // 16
+    for i in reversed(range(len(mult))):
+        for j in range(n_blocks + 1):
+            resblock(f"decoder.up.{i}.block.{j}", c_in, ch * mult[i])
+            c_in = ch * mult[i]
+            if cur == 16:
+                attn(f"decoder.up.{i}.attn.{j}")
+        if i != 0:
+            add(f"decoder.up.{i}.upsample.conv")
+            cur *= 2
+    keys.add("quantize.embedding.weight")
+    add("quant_conv")
+    add("post_quant_conv")
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    add("loss.discriminator.main.0")
+    for conv, norm in ((2, 3), (5, 6), (8, 9)):
+        keys.add(f"loss.discriminator.main.{conv}.weight")  # no bias before a BatchNorm
+        add(f"loss.discriminator.main.{norm}", bn)
+    add("loss.discriminator.main.11")
+    add("loss.perceptual_loss.scaling_layer", ("shift", "scale"))
+    for n, convs in enumerate(([0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]), start=1):
+        for c in convs:
+            add(f"loss.perceptual_loss.net.slice{n}.{c}")
+    for i in range(5):
+        keys.add(f"loss.perceptual_loss.lin{i}.model.1.weight")
+    return keys
+
+
+def test_paper_model_has_exactly_the_official_f16_keys():
+    with torch.device("meta"):
+        model = VQModel(CONFIGS["paper"])
+    state = model.state_dict()
+    expected = taming_f16_keys()
+    assert set(state) == expected, (sorted(set(state) - expected)[:5], sorted(expected - set(state))[:5])
+    assert state["quantize.embedding.weight"].shape == (1024, 256)
+    assert state["encoder.down.4.attn.1.q.weight"].shape == (512, 512, 1, 1)
+
+
+def test_psnr_of_a_known_pair():
+    x = -torch.ones(2, 3, 8, 8)
+    y = x.clone()
+    y[0] += 0.2  # 0.1 on the [0, 1] scale everywhere: MSE 0.01 -> 20 dB
+    y[1, :, :4] += 1.0  # 0.5 on half the pixels: MSE 0.125 -> 10 log10(8) = 9.03 dB
+    got = psnr(x, y)
+    assert got[0].item() == pytest.approx(20.0, abs=1e-4)
+    assert got[1].item() == pytest.approx(10 * np.log10(8), abs=1e-4)
+
+
+def test_perceptual_term_only_with_calibrated_weights(tmp_path):
+    cfg = dataclasses.replace(TINY, perceptual_weight=1.0)
+    loss = VQLPIPSWithDiscriminator(cfg)
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    assert not loss.uses_perceptual
+    assert loss.reconstruction(x, y).item() == pytest.approx((x - y).abs().mean().item(), rel=1e-6)
+    loss.perceptual_calibrated = True
+    assert loss.reconstruction(x, y).item() != pytest.approx((x - y).abs().mean().item(), rel=1e-6)
+    # a checkpoint that carries the loss module's LPIPS weights calibrates it
+    path = official_like_checkpoint(VQModel(cfg), tmp_path / "last.ckpt")
+    target = VQModel(cfg)
+    load_taming_checkpoint(target, path, trust_pickle=True)
+    assert target.loss.perceptual_calibrated
+    # one without them does not
+    bare = VQModel(cfg)
+    state = {k: v for k, v in bare.state_dict().items() if not k.startswith("loss.perceptual_loss.")}
+    torch.save({"state_dict": state}, tmp_path / "bare.ckpt")
+    load_taming_checkpoint(bare, tmp_path / "bare.ckpt", trust_pickle=True)
+    assert not bare.loss.perceptual_calibrated
+
+
+def test_training_from_config_says_the_perceptual_term_is_off_and_starts_the_gan_by_fraction(tiny_dataset, tmp_path):
+    cfg = dataclasses.replace(TINY, perceptual_weight=1.0, disc_start=250_001)
+    settings = TrainingSettings(max_steps=8, batch_size=4, base_learning_rate=2e-4, checkpoint_every=8, disc_start_fraction=0.5)
+    assert settings.disc_start(cfg) == 4
+    assert dataclasses.replace(settings, disc_start_fraction=None).disc_start(cfg) == 250_001
+    with pytest.warns(UserWarning, match="LPIPS"):
+        _, result = train_vqgan(cfg, photo_paths(tiny_dataset, 8), tmp_path / "run", settings, progress=False)
+    assert result.perceptual.startswith("off") or result.perceptual.startswith("calibrated")
+    assert result.disc_start == 4
+    assert len(result.history["g_loss"]) == 4 and len(result.history["disc_loss"]) == 4
+
+
+def test_kmeans_init_and_dead_code_restarts_use_the_codebook():
+    torch.manual_seed(0)
+    q = VectorQuantizer(n_embed=8, embed_dim=2, beta=0.25)
+    centres = torch.tensor([[5.0 * i, -3.0 * i] for i in range(8)])
+    z = (centres.repeat(50, 1) + 0.01 * torch.randn(400, 2)).T.reshape(1, 2, 20, 20)
+    assert len(torch.unique(q.codes(z))) <= 2  # the uniform init near zero: one or two codes take everything
+    q.init_from(z)
+    assert len(torch.unique(q.codes(z))) == 8
+    dead = torch.zeros(8, dtype=torch.bool)
+    dead[:3] = True  # codes 3..7 unused
+    with torch.no_grad():
+        q.embedding.weight[3:] = 1000.0
+    assert q.restart_dead(z, dead) == 5
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    assert torch.cdist(q.embedding.weight[3:], flat).min(1).values.max() < 1e-6  # each on an encoder output
+
+
 def test_paper_architecture_tokenizes_256_pixels_into_16x16():
     model = VQModel(CONFIGS["paper"], with_loss=False)
     assert model.quantize.embedding.weight.shape == (1024, 256)
@@ -132,7 +272,7 @@ def test_images_are_cropped_scaled_and_corrupt_ones_skipped(tiny_dataset, tmp_pa
 
 def test_training_lowers_the_loss_and_resumes_from_its_checkpoint(tiny_dataset, tmp_path):
     paths = photo_paths(tiny_dataset, 16)
-    settings = TrainingSettings(max_steps=12, batch_size=4, base_learning_rate=2e-4, checkpoint_every=6)
+    settings = TrainingSettings(max_steps=12, batch_size=4, base_learning_rate=2e-4, checkpoint_every=6, disc_start_fraction=None)
     model, result = train_vqgan(TINY, paths, tmp_path / "run", settings, fingerprint="a", progress=False)
     rec = result.history["rec_loss"]
     assert result.steps == 12 and len(rec) == 12

@@ -3,8 +3,10 @@
 An image goes through the convolutional ``encoder``, a 1x1 ``quant_conv``, the vector quantizer
 (``quantize``: every spatial vector snaps to its nearest codebook entry; the codes are the image's
 tokens), ``post_quant_conv`` and the ``decoder``. Training adds the ``loss`` module: L1 plus LPIPS
-perceptual distance, the codebook loss, and a PatchGAN ``discriminator`` with a hinge loss whose
-generator term is weighted adaptively by the ratio of gradient norms at the decoder's last layer.
+perceptual distance (only with calibrated LPIPS weights: an official checkpoint's or the ``lpips``
+package's with torchvision's VGG16; otherwise L1 alone, and the run says so), the codebook loss, and a
+PatchGAN ``discriminator`` with a hinge loss whose generator term is weighted adaptively by the ratio
+of gradient norms at the decoder's last layer.
 
 Parameter names follow taming-transformers exactly (``encoder.down.0.block.1.conv1.weight``,
 ``quantize.embedding.weight``, ``loss.discriminator.main.0.weight``, ...), so the official
@@ -78,7 +80,7 @@ CONFIGS: dict[str, VQGANConfig] = {
     # the official f16 ImageNet models: 256x256 -> 16x16 = 256 tokens (the paper's setting)
     "paper": VQGANConfig(),
     "paper_16384": VQGANConfig(n_embed=16384, disc_start=0, disc_weight=0.75, disc_num_layers=2),
-    # CPU-trainable: 64x64 -> 8x8 = 64 tokens; no LPIPS term (its VGG weights need a download)
+    # CPU-trainable: 64x64 -> 8x8 = 64 tokens; no LPIPS term (its VGG trunk needs a download)
     "small": VQGANConfig(
         resolution=64, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,), z_channels=64,
         embed_dim=64, n_embed=512, disc_start=400, disc_weight=0.5, disc_num_layers=2, disc_ndf=32, perceptual_weight=0.0,
@@ -273,6 +275,34 @@ class VectorQuantizer(nn.Module):
         z_q = z + (z_q - z).detach()  # straight-through: the decoder's gradient flows to the encoder
         return z_q, loss, codes
 
+    @torch.no_grad()
+    def init_from(self, z: torch.Tensor, iterations: int = 10, seed: int = 0) -> None:
+        """k-means codebook initialisation from encoder outputs ``z`` (b, c, h, w): a from-scratch
+        codebook starts where the encoder's vectors are, so most codes are used from the first step
+        (a uniform init near zero leaves most of them dead)."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
+        g = torch.Generator(device=flat.device).manual_seed(seed)
+        centres = flat[torch.randint(len(flat), (self.n_embed,), generator=g, device=flat.device)].clone()
+        for _ in range(iterations):
+            assign = torch.cdist(flat, centres).argmin(1)
+            sums = torch.zeros_like(centres).index_add_(0, assign, flat)
+            counts = torch.bincount(assign, minlength=self.n_embed).unsqueeze(1)
+            centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+        self.embedding.weight.copy_(centres)
+
+    @torch.no_grad()
+    def restart_dead(self, z: torch.Tensor, used: torch.Tensor, seed: int = 0) -> int:
+        """Move every code not in ``used`` (bool, n_embed) onto a random encoder output of the batch
+        ``z`` (taming-style dead-code restart); returns how many codes moved."""
+        dead = (~used).nonzero().flatten()
+        if len(dead) == 0:
+            return 0
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        g = torch.Generator(device=flat.device).manual_seed(seed)
+        pick = torch.randint(len(flat), (len(dead),), generator=g, device=flat.device)
+        self.embedding.weight[dead] = flat[pick].to(self.embedding.weight.dtype)
+        return len(dead)
+
 
 # ---------------------------------------------------------------------------------------------
 # loss: LPIPS + PatchGAN (taming.modules.losses)
@@ -376,16 +406,29 @@ def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 
 
 class VQLPIPSWithDiscriminator(nn.Module):
+    """Taming's loss: L1 + perceptual (LPIPS) reconstruction, codebook loss, PatchGAN hinge loss.
+
+    The perceptual term is only as good as its weights: an LPIPS with a random VGG trunk is not a
+    perceptual distance, so the term is used only once :attr:`perceptual_calibrated` is set (by
+    loading an official checkpoint's ``loss.perceptual_loss.*`` or the ``lpips`` package's calibrated
+    weights, :func:`calibrate_perceptual`); until then the reconstruction loss is L1 alone.
+    """
+
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
         self.cfg = cfg
         self.perceptual_loss = LPIPS().eval()
+        self.perceptual_calibrated = False
         self.discriminator = NLayerDiscriminator(3, cfg.disc_ndf, cfg.disc_num_layers)
 
+    @property
+    def uses_perceptual(self) -> bool:
+        return self.cfg.perceptual_weight > 0 and self.perceptual_calibrated
+
     def reconstruction(self, x: torch.Tensor, xrec: torch.Tensor) -> torch.Tensor:
-        """Mean of |x - xrec| + perceptual_weight * LPIPS(x, xrec)."""
+        """Mean of |x - xrec| (+ perceptual_weight * LPIPS(x, xrec) when calibrated)."""
         rec = (x - xrec).abs()
-        if self.cfg.perceptual_weight > 0:
+        if self.uses_perceptual:
             rec = rec + self.cfg.perceptual_weight * self.perceptual_loss(x, xrec)
         return rec.mean()
 
@@ -525,7 +568,33 @@ def load_taming_checkpoint(model: VQModel, path: str | Path, trust_pickle: bool 
         loaded_loss = sorted(usable)
     ignored = sorted(set(state) - set(auto) - set(loaded_loss))
     trunk = any(k.startswith("loss.perceptual_loss.net.") for k in loaded_loss)
+    if hasattr(model, "loss"):
+        lpips_keys = {k for k in model.state_dict() if k.startswith("loss.perceptual_loss.")}
+        model.loss.perceptual_calibrated = lpips_keys <= set(loaded_loss)
     return {"autoencoder": sorted(auto), "loss": loaded_loss, "ignored": ignored, "perceptual_trunk_loaded": trunk}
+
+
+def calibrate_perceptual(model: VQModel) -> str:
+    """Give the loss module calibrated LPIPS weights from the ``lpips`` package (its linear heads
+    ship with it; the VGG16 trunk comes from torchvision's download cache). Returns what happened,
+    for the run's log; the term stays off when the trunk is unavailable (offline, no cache)."""
+    if not hasattr(model, "loss"):
+        return "no loss module"
+    if model.loss.perceptual_calibrated:
+        return "calibrated (LPIPS weights from the checkpoint)"
+    try:
+        import lpips
+
+        reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
+    except Exception as exc:  # no network and no cached torchvision VGG16
+        return f"off: no calibrated LPIPS weights ({type(exc).__name__}: the VGG16 trunk is not cached)"
+    own = model.loss.perceptual_loss.state_dict()
+    state = {k: v for k, v in reference.state_dict().items() if k in own and own[k].shape == v.shape}
+    if set(state) != set(own):
+        return f"off: the lpips package's VGG layout differs ({len(set(own) - set(state))} tensors missing)"
+    model.loss.perceptual_loss.load_state_dict(state, strict=True)
+    model.loss.perceptual_calibrated = True
+    return "calibrated (lpips VGG heads and torchvision VGG16 trunk)"
 
 
 def _load_subset(model: nn.Module, state: dict, prefixes: tuple[str, ...]) -> tuple[list[str], list[str]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from hm_recs.compute import DeviceSpec, TrainingDir, quiet_lightning, rank_file
-from hm_recs.models.vqgan import VQGANConfig, VQModel, psnr
+from hm_recs.models.vqgan import VQGANConfig, VQModel, calibrate_perceptual, psnr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,10 +101,23 @@ class TrainingSettings:
     checkpoint_every: int = 100
     num_workers: int = 0
     seed: int = 0
+    # the discriminator starts at this fraction of the run (taming's configs count in absolute steps:
+    # 250,001 for the ImageNet models, longer than any fine-tuning run here, so the GAN term would
+    # never train); None keeps the config's disc_start
+    disc_start_fraction: float | None = 0.5
+    # codebook care for a from-scratch model: "kmeans" initialises the codes from encoder outputs of
+    # the first images; dead codes (unused for restart_dead_every steps) move onto encoder outputs
+    codebook_init: str = "none"  # none | kmeans
+    restart_dead_every: int = 0  # 0: never
 
     def learning_rate(self, devices: int) -> float:
         """taming's scaling: accumulate x devices x batch x base_lr."""
         return self.accumulate * max(devices, 1) * self.batch_size * self.base_learning_rate
+
+    def disc_start(self, cfg: VQGANConfig) -> int:
+        if self.disc_start_fraction is None:
+            return cfg.disc_start
+        return int(round(self.disc_start_fraction * self.max_steps))
 
 
 @dataclass
@@ -113,6 +127,9 @@ class TrainingResult:
     skipped_images: int
     resumed_from_step: int
     history: dict[str, list[float]] = field(default_factory=dict)
+    disc_start: int = 0  # the step the discriminator started at (history's g_loss / disc_loss begin there)
+    perceptual: str = ""  # whether the LPIPS term was used, and why not
+    codes_restarted: int = 0
 
 
 class VQGANModule(L.LightningModule):
@@ -120,14 +137,26 @@ class VQGANModule(L.LightningModule):
     so that DDP can pickle it into its worker processes; rank 0 writes the loss history to
     ``history_file`` at the end (the parent process of a spawned run reads it from there)."""
 
-    def __init__(self, cfg: VQGANConfig, learning_rate: float, init_state: dict | None = None, history_file: str | None = None):
+    def __init__(
+        self,
+        cfg: VQGANConfig,
+        learning_rate: float,
+        init_state: dict | None = None,
+        history_file: str | None = None,
+        restart_dead_every: int = 0,
+        perceptual_calibrated: bool = False,
+    ):
         super().__init__()
         self.cfg, self.learning_rate, self.history_file = cfg, learning_rate, history_file
+        self.restart_dead_every = restart_dead_every
         self.model = VQModel(cfg)
         if init_state:
             self.model.load_state_dict(init_state, strict=True)
+        self.model.loss.perceptual_calibrated = perceptual_calibrated
         self.automatic_optimization = False
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("restarted", torch.zeros((), dtype=torch.long))
+        self.used = torch.zeros(cfg.n_embed, dtype=torch.bool)
         self.history: dict[str, list[float]] = {}
 
     def configure_optimizers(self):
@@ -140,7 +169,9 @@ class VQGANModule(L.LightningModule):
             return None
         step = int(self.steps)
         opt_ae, opt_disc = self.optimizers()
-        xrec, qloss, _ = self.model(batch)
+        z = self.model.quant_conv(self.model.encoder(batch))
+        z_q, qloss, codes = self.model.quantize(z)
+        xrec = self.model.decode(z_q)
         loss, logs = self.model.loss.generator_loss(qloss, batch, xrec, step, self.model.last_layer())
         opt_ae.zero_grad()
         self.manual_backward(loss)
@@ -152,6 +183,11 @@ class VQGANModule(L.LightningModule):
         opt_disc.step()
         if step >= self.cfg.disc_start:
             logs.update(d_logs)
+        self.used = self.used.to(codes.device)
+        self.used[codes.flatten()] = True
+        logs["codes_used"] = float(self.used.float().mean())
+        if self.restart_dead_every and (step + 1) % self.restart_dead_every == 0:
+            self._restart_dead(z.detach(), step)
         self.steps += 1
         logs = {k: float(v) for k, v in logs.items()}
         for k, v in logs.items():
@@ -159,14 +195,30 @@ class VQGANModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, on_step=True, batch_size=len(batch))
         return None
 
+    def _restart_dead(self, z: torch.Tensor, step: int) -> None:
+        """Dead codes move onto this batch's encoder outputs (rank 0's choice on every rank)."""
+        moved = self.model.quantize.restart_dead(z, self.used, seed=step)
+        if self.trainer.world_size > 1:
+            torch.distributed.broadcast(self.model.quantize.embedding.weight.data, 0)
+        self.restarted += moved
+        self.used = torch.zeros_like(self.used)
+
     def on_train_end(self):
         if self.history_file:
-            Path(rank_file(self.history_file, self.global_rank)).write_text(json.dumps({"history": self.history, "steps": int(self.steps)}))
+            record = {"history": self.history, "steps": int(self.steps), "restarted": int(self.restarted)}
+            Path(rank_file(self.history_file, self.global_rank)).write_text(json.dumps(record))
 
 
 
-def _lightning_module(cfg: VQGANConfig, learning_rate: float, init_state: dict | None, history_file: str | None = None) -> VQGANModule:
-    return VQGANModule(cfg, learning_rate, init_state, history_file)
+def _kmeans_codebook(module: VQGANModule, image_paths: Sequence[str | Path], resolution: int, seed: int, n_images: int = 128) -> None:
+    """Initialise the codebook by k-means over the encoder outputs of up to ``n_images`` photos."""
+    ds = ProductImages(list(image_paths)[:n_images], resolution)
+    imgs = [x for x in (ds[i] for i in range(len(ds))) if x is not None]
+    if not imgs:
+        return
+    with torch.no_grad():
+        z = torch.cat([module.model.quant_conv(module.model.encoder(torch.stack(imgs[i : i + 32]))) for i in range(0, len(imgs), 32)])
+    module.model.quantize.init_from(z, seed=seed)
 
 
 def train_vqgan(
@@ -178,6 +230,7 @@ def train_vqgan(
     init_state: dict | None = None,
     fingerprint: str = "",
     progress: bool = True,
+    perceptual_calibrated: bool = False,
 ) -> tuple[VQModel, TrainingResult]:
     """Fine-tune (or train) a VQGAN on ``image_paths``; resumes from ``workdir/checkpoints/last.ckpt``
     when it was made for the same ``fingerprint``."""
@@ -190,7 +243,17 @@ def train_vqgan(
     kw = device.lightning_kwargs(find_unused_parameters=True)  # the generator step leaves the discriminator unused
     devices = kw["devices"] if isinstance(kw["devices"], int) else len(kw["devices"])
     L.seed_everything(settings.seed, workers=True, verbose=False)
-    module = _lightning_module(cfg, settings.learning_rate(devices), init_state, str(history_file))
+    cfg = dataclasses.replace(cfg, disc_start=settings.disc_start(cfg))
+    module = VQGANModule(
+        cfg, settings.learning_rate(devices), init_state, str(history_file), settings.restart_dead_every, perceptual_calibrated
+    )
+    perceptual = "off: perceptual_weight is 0"
+    if cfg.perceptual_weight > 0:
+        perceptual = calibrate_perceptual(module.model)
+        if not module.model.loss.uses_perceptual:
+            warnings.warn(f"VQGAN training without its LPIPS term: {perceptual}", stacklevel=2)
+    if settings.codebook_init == "kmeans" and not resume.exists():
+        _kmeans_codebook(module, image_paths, cfg.resolution, settings.seed)
     collate = SkipBad()
     loader = DataLoader(
         ProductImages(image_paths, cfg.resolution, random_crop=True, seed=settings.seed),
@@ -215,10 +278,15 @@ def train_vqgan(
     t0 = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
     module.model.eval()
-    recorded = json.loads(history_file.read_text()) if history_file.exists() else {"history": module.history, "steps": int(module.steps)}
+    recorded = (
+        json.loads(history_file.read_text())
+        if history_file.exists()
+        else {"history": module.history, "steps": int(module.steps), "restarted": int(module.restarted)}
+    )
     result = TrainingResult(
         steps=int(recorded["steps"]), seconds=time.perf_counter() - t0, skipped_images=collate.skipped,
-        resumed_from_step=resumed_from, history=recorded["history"],
+        resumed_from_step=resumed_from, history=recorded["history"], disc_start=cfg.disc_start,
+        perceptual=perceptual, codes_restarted=int(recorded.get("restarted", 0)),
     )
     return module.model.cpu(), result
 

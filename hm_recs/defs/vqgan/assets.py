@@ -65,7 +65,13 @@ def vqgan_base_model(config: VQGANBaseConfig) -> dg.MaterializeResult:
     if config.pretrained:
         loaded = load_taming_checkpoint(model, config.pretrained, trust_pickle=config.trust_pickle)
         source = f"official checkpoint {config.pretrained}"
-    path = save_model(model, vqgan_dir() / "base.safetensors", extra={"source": source, "perceptual_trunk_loaded": bool(loaded.get("perceptual_trunk_loaded"))})
+    extra = {
+        "source": source,
+        "pretrained": bool(config.pretrained),
+        "perceptual_trunk_loaded": bool(loaded.get("perceptual_trunk_loaded")),
+        "perceptual_calibrated": bool(model.loss.perceptual_calibrated),
+    }
+    path = save_model(model, vqgan_dir() / "base.safetensors", extra=extra)
     return dg.MaterializeResult(
         metadata={
             "config_name": config.config_name,
@@ -89,6 +95,12 @@ class VQGANFinetuneConfig(dg.Config):
     max_images: int | None = None  # cap on training images (None: every usable photo)
     num_workers: int = 0
     seed: int = 0
+    # the PatchGAN discriminator starts at this fraction of the run; None: the config's disc_start
+    # (taming's 250,001 steps for the paper's model: the GAN term would never train here)
+    disc_start_fraction: float | None = 0.5
+    # "auto": k-means codebook init when the base model is not a pretrained checkpoint; or kmeans | none
+    codebook_init: str = "auto"
+    restart_dead_every: int = 50  # steps; a code unused for that long moves onto an encoder output (0: off)
 
 
 def _usable_images(lake, data_dir: str):
@@ -131,12 +143,22 @@ def _finetune(context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk,
     steps = config.max_steps
     if config.epochs:
         steps = max(1, int(np.ceil(len(train) / config.batch_size * config.epochs)))
-    settings = TrainingSettings(steps, config.batch_size, config.base_learning_rate, config.accumulate, config.checkpoint_every, config.num_workers, config.seed)
+    init = config.codebook_init
+    if init == "auto":
+        init = "none" if extra.get("pretrained") else "kmeans"
+    settings = TrainingSettings(
+        steps, config.batch_size, config.base_learning_rate, config.accumulate, config.checkpoint_every,
+        config.num_workers, config.seed, config.disc_start_fraction, init, config.restart_dead_every,
+    )
     spec = compute.spec()
     fingerprint = hashlib.sha256(json.dumps([base.cfg.to_dict(), dataclass_dict(settings), len(train), lk.version(IMAGE_MANIFEST), extra.get("source")]).encode()).hexdigest()
     context.log.info(f"fine-tuning on {len(train)} images for {steps} steps on {spec.describe()}")
     run.log_params({**base.cfg.to_dict(), **dataclass_dict(settings), "training_images": len(train), "base_source": extra.get("source"), "device": spec.describe()})
-    model, result = train_vqgan(base.cfg, train, vqgan_dir() / "finetune", settings, spec, init_state=base.state_dict(), fingerprint=fingerprint)
+    model, result = train_vqgan(
+        base.cfg, train, vqgan_dir() / "finetune", settings, spec, init_state=base.state_dict(),
+        fingerprint=fingerprint, perceptual_calibrated=bool(extra.get("perceptual_calibrated")),
+    )
+    context.log.info(f"perceptual (LPIPS) term: {result.perceptual}; discriminator from step {result.disc_start}")
     path = save_model(model, vqgan_dir() / "finetuned.safetensors", extra={**extra, "steps": result.steps})
     rec = result.history.get("rec_loss", [])
     for key, values in result.history.items():
@@ -149,6 +171,10 @@ def _finetune(context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk,
         "skipped_images": result.skipped_images,
         "seconds": round(result.seconds, 1),
         "learning_rate": settings.learning_rate(spec.num_devices),
+        "perceptual_term": result.perceptual,
+        "disc_start": result.disc_start,
+        "codes_used": (result.history.get("codes_used") or [0.0])[-1],
+        "codes_restarted": result.codes_restarted,
         "device": spec.describe(),
         "path": dg.MetadataValue.path(str(path)),
     }
@@ -157,6 +183,10 @@ def _finetune(context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk,
         smooth = np.convolve(rec, np.ones(window) / window, mode="valid").tolist()
         plots["vqgan_loss"] = line_plot({"reconstruction loss": smooth}, "VQGAN fine-tuning (Figure 4)", "step", "L1 (+ LPIPS)")
         meta.update(image_metadata(plots["vqgan_loss"], "vqgan_loss", "Reconstruction loss"))
+        gan = gan_curves(result.history, result.disc_start)
+        if gan:
+            plots["vqgan_gan_losses"] = gan
+            meta.update(image_metadata(gan, "vqgan_gan_losses", "Generator and discriminator losses after disc_start"))
     grid = reconstruction_grid(model, [p for a, p in zip(ids, paths, strict=True) if held_out(a)] or train)
     if grid:
         plots["vqgan_reconstructions"] = grid
@@ -169,6 +199,21 @@ def _finetune(context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk,
         check_results=[dg.AssetCheckResult(check_name="reconstruction_loss_decreased", passed=bool(rec) and tail < head, metadata={"first_10pct": head, "last_10pct": tail})],
     )
     return result_, path, plots
+
+
+def gan_curves(history: dict, disc_start: int) -> bytes | None:
+    """The generator's and the discriminator's losses from the step the discriminator started."""
+    g, d = history.get("g_loss", []), history.get("disc_loss", [])
+    if not g or not d:
+        return None
+    window = max(1, len(g) // 50)
+
+    def smooth(values):
+        return np.convolve(values, np.ones(window) / window, mode="valid").tolist()
+
+    sg, sd = smooth(g), smooth(d)
+    steps = [disc_start + window + i for i in range(len(sg))]
+    return line_plot({"generator (-D(x_rec))": sg, "discriminator (hinge)": sd}, "VQGAN GAN losses", "step", "loss", x=steps)
 
 
 def dataclass_dict(obj) -> dict:
