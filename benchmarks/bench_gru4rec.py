@@ -199,13 +199,32 @@ def session_ranks(step, layers, data, batch_size: int = 512):
 def official_ranks(code_dir: str, train_path: str, ps: str, seed: int, items, test, device: str):
     """Train the authors' code on the training file and rank the test events with the same evaluator."""
     import time
+    import types
 
     import numpy as np
     import pandas as pd
 
     sys.path.insert(0, code_dir)
-    from gru4rec_pytorch import GRU4Rec as Official  # the authors' module, from their checkout
+    import gru4rec_pytorch  # the authors' module, from their checkout
+    from gru4rec_pytorch import GRU4Rec as Official
 
+    class TorchShim(types.ModuleType):
+        """torch for the authors' module, with torch.tensor adapted to today's pandas and NumPy (their
+        code was written for older ones): a pandas Series becomes an array (their fit() passes one),
+        and a float64 array becomes float32 when no dtype is given (NumPy 2 promotes their float32
+        initial weights to float64). The compatibility changes are made here, not in their file."""
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        def tensor(self, data, *args, **kwargs):
+            if isinstance(data, pd.Series):
+                data = np.asarray(data)
+            if isinstance(data, np.ndarray) and data.dtype == np.float64 and "dtype" not in kwargs:
+                data = data.astype(np.float32)
+            return torch.tensor(data, *args, **kwargs)
+
+    gru4rec_pytorch.torch = TorchShim("torch")
     torch.manual_seed(seed)
     np.random.seed(seed)
     gru = Official(device=torch.device(device))
