@@ -110,9 +110,9 @@ PROFILES: dict[str, dict] = {
                     "checkpoint_every": 60,
                 }
             },
-            # 120 CPU steps from random weights reach about 13 dB; the default floor (18 dB) is for
-            # real training
-            "vqgan_evaluation": {"config": {"max_images": 200, "psnr_floor": 12.0}},
+            # 120 CPU steps from random weights, the discriminator on over the second half, reach about
+            # 12 dB (13.4 without the GAN term); the default floor (18 dB) is for real training
+            "vqgan_evaluation": {"config": {"max_images": 200, "psnr_floor": 11.0}},
             # the demo trains one model per variant (the validation week's), and it serves both weeks
             **{f"bart_model_{v}": _bart_cpu(v, DEMO_TARGET_WEEKS, refit=False) for v in DEMO_VARIANTS},
             "bart_evaluation": {"config": {"diagnostic_events": 200}},
