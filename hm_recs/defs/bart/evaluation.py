@@ -217,25 +217,41 @@ def bart_evaluation(
     )
 
 
+def _string_table(rows: list[dict], columns: list[str]) -> str:
+    """A markdown table of preformatted cells (the header alone when there are no rows)."""
+    return markdown_table(pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in columns])))
+
+
 def _diff_table(rows: list[dict]) -> str:
-    lines = ["| model | versus | week | metric | difference [95 % interval] |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['versus']} | {r['week']} | {r['metric']} "
-            f"| {r['diff']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}] |"
-        )
-    return "\n".join(lines)
+    return _string_table(
+        [
+            {
+                "model": r["model"],
+                "versus": r["versus"],
+                "week": r["week"],
+                "metric": r["metric"],
+                "difference [95 % interval]": f"{r['diff']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]",
+            }
+            for r in rows
+        ],
+        ["model", "versus", "week", "metric", "difference [95 % interval]"],
+    )
 
 
 def _cold_table(rows: list[dict]) -> str:
-    lines = ["| model | week | cold-start events | Recall@20 | MRR@20 |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['week']} | {r['events']} "
-            f"| {r['Recall@20']:.4f} [{r['Recall@20_lo']:.4f}, {r['Recall@20_hi']:.4f}] "
-            f"| {r['MRR@20']:.4f} |"
-        )
-    return "\n".join(lines)
+    return _string_table(
+        [
+            {
+                "model": r["model"],
+                "week": r["week"],
+                "cold-start events": str(r["events"]),
+                "Recall@20": f"{r['Recall@20']:.4f} [{r['Recall@20_lo']:.4f}, {r['Recall@20_hi']:.4f}]",
+                "MRR@20": f"{r['MRR@20']:.4f}",
+            }
+            for r in rows
+        ],
+        ["model", "week", "cold-start events", "Recall@20", "MRR@20"],
+    )
 
 
 def register_bart(
