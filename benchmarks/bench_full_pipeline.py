@@ -50,14 +50,14 @@ def main() -> int:
     import dagster as dg
 
     from hm_recs.definitions import defs as load_defs
-    from hm_recs.defs.partitions import weekly_partitions
+    from hm_recs.defs.partitions import WEEKS
 
     defs = load_defs()
-    keys = weekly_partitions.get_partition_keys()
     with dg.DagsterInstance.ephemeral() as instance:
         for asset in ASSETS:
             job = "ingest" if asset not in ("sessions", "time_split", "popularity_baselines", "evaluation_events", "popularity_evaluation") else (
                 "sessionize" if asset == "sessions" else "evaluate")
+            keys = instance.get_dynamic_partitions(WEEKS)  # clean_transactions added the weeks of the data
             tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]} if asset == "sessions" else None
             with PeakRSS() as m:
                 res = defs.resolve_job_def(job).execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)], tags=tags,

@@ -65,7 +65,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hm_recs.demo import run_demo
 
-    return run_demo(scale=args.scale, seed=args.seed, data_dir=args.data_dir)
+    return run_demo(scale=args.scale, seed=args.seed, data_dir=args.data_dir, profile=args.profile)
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="small", help="synthetic scale when HM_DATA_DIR is not set (default: small)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help=f"Kaggle-layout folder (default: $HM_DATA_DIR or {default_synthetic_dir()})")
+    p.add_argument("--profile", default=None, choices=["paper", "cpu", "demo", "smoke"],
+                   help="the evaluate job's run profile (default: HM_PROFILE when set, else demo)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("recommend", help="print a customer's recommendations for the week after the data, with article names")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from hm_recs.paths import PROJECT_ROOT, default_synthetic_dir, state_dir
-from hm_recs.profiles import QUIET, run_config
+from hm_recs.profiles import QUIET, narrowed, run_config, selected_assets
 
 # the evaluate job's settings: the demo profile (every stage in minutes on a laptop) and the least
 # training that still exercises every asset and check (the tests' wiring runs); hm_recs/profiles.py
@@ -56,7 +56,7 @@ def run_pipeline(defs, instance, lake, log=print, models: dict | None = None, ev
 
     from hm_recs.data.ingest import clean_table_name
     from hm_recs.data.schema import TRANSACTIONS
-    from hm_recs.defs.partitions import week_keys_covering, weekly_partitions
+    from hm_recs.defs.partitions import week_keys_covering
 
     timings, results = {}, {}
     t = time.perf_counter()
@@ -66,7 +66,7 @@ def run_pipeline(defs, instance, lake, log=print, models: dict | None = None, ev
 
     dates = lake.read(clean_table_name(TRANSACTIONS), columns=["t_dat"]).column(0)
     lo, hi = (v.as_py() for v in pc.min_max(dates).values())
-    first, last = week_keys_covering(weekly_partitions, lo, hi)
+    first, last = week_keys_covering(lo, hi)
     t = time.perf_counter()
     log(f"2/3 sessionize: weeks {first} .. {last} in one Spark run")
     results["sessionize"] = defs.resolve_job_def("sessionize").execute_in_process(
@@ -77,14 +77,10 @@ def run_pipeline(defs, instance, lake, log=print, models: dict | None = None, ev
     t = time.perf_counter()
     log("3/3 evaluate: time split, baselines, GRU4Rec training, evaluation")
     if evaluate_assets is None:  # BART models of variants the run does not use stay out of it
-        variants = models.get("resources", {}).get("bart", {}).get("config", {}).get("variants")
-        if variants is not None:
-            job = defs.resolve_job_def("evaluate")
-            keys = [k.to_user_string() for k in job.asset_layer.selected_asset_keys]
-            evaluate_assets = [k for k in keys if not k.startswith("bart_model_") or k.removeprefix("bart_model_") in variants]
+        job = defs.resolve_job_def("evaluate")
+        evaluate_assets = selected_assets(models, [k.to_user_string() for k in job.asset_layer.selected_asset_keys])
     selection = [dg.AssetKey(a) for a in evaluate_assets] if evaluate_assets else None
-    if selection:  # run config may only name the selected assets
-        models = {**models, "ops": {k: v for k, v in models.get("ops", {}).items() if k in evaluate_assets}}
+    models = narrowed(models, evaluate_assets)
     results["evaluate"] = defs.resolve_job_def("evaluate").execute_in_process(
         instance=instance, run_config={**QUIET, **models}, asset_selection=selection
     )
@@ -92,7 +88,9 @@ def run_pipeline(defs, instance, lake, log=print, models: dict | None = None, ev
     return timings, results
 
 
-def run_demo(scale: str = "small", seed: int = 0, data_dir: str | None = None) -> int:
+def run_demo(scale: str = "small", seed: int = 0, data_dir: str | None = None, profile: str | None = None) -> int:
+    """The three jobs on the sample with a run profile: ``profile``, else ``HM_PROFILE`` when set,
+    else ``demo`` (``auto`` would pick the paper's settings on a GPU machine: hours, not minutes)."""
     start = time.perf_counter()
     home = ensure_dagster_home()
     data = resolve_data_dir(data_dir, scale, seed)
@@ -101,14 +99,15 @@ def run_demo(scale: str = "small", seed: int = 0, data_dir: str | None = None) -
     from dagster import DagsterInstance
 
     from hm_recs.definitions import defs as load_defs
-    from hm_recs.defs.resources import configured_lake
+    from hm_recs.defs.resources import configured_lake, configured_profile
     from hm_recs.evaluation.weeks import read_metrics
 
+    profile = profile or (configured_profile() if os.environ.get("HM_PROFILE") else "demo")
     defs = load_defs()
     lake = configured_lake()
-    print(f"data: {data}\nlake: {lake.root}\nDagster instance: {home}")
+    print(f"data: {data}\nlake: {lake.root}\nDagster instance: {home}\nrun profile: {profile}")
     with DagsterInstance.get() as instance:
-        timings, _ = run_pipeline(defs, instance, lake)
+        timings, _ = run_pipeline(defs, instance, lake, models=run_config(profile))
     metrics = read_metrics(lake)
     print("\nMetrics on the shared protocol (95 % bootstrap intervals):\n")
     print(format_metrics(metrics))
@@ -127,7 +126,18 @@ def champion_summary(lake) -> str:
     if not lake.exists(RECOMMENDATIONS_TABLE):
         return "\n(no recommendations: the evaluate job did not reach them)"
     row = lake.read(RECOMMENDATIONS_TABLE, columns=["customer_id", "model", "model_version", "week_start"]).slice(0, 1).to_pylist()[0]
-    return (f"\nChampion: {row['model']} (hm_recs_recommender v{row['model_version']}); recommendations for the week from {row['week_start']}\n"
+    cutoff = ""
+    try:
+        from hm_recs.paths import default_tracking_uri
+        from hm_recs.registry.tracking import TrackingSettings
+
+        client = TrackingSettings(os.environ.get("HM_MLFLOW_TRACKING_URI") or default_tracking_uri()).client()
+        tags = client.get_model_version("hm_recs_recommender", str(row["model_version"])).tags
+        cutoff = f", trained on data before {tags.get('trained_before', '?')} ({tags.get('decision_kind', '?')})"
+    except Exception:  # the summary is a courtesy: the registry may be elsewhere
+        pass
+    return (f"\nChampion: {row['model']} (hm_recs_recommender v{row['model_version']}{cutoff}); "
+            f"recommendations for the week from {row['week_start']}\n"
             f"Kaggle submission: {state_dir() / 'submissions' / 'submission.csv'}\n"
             f"Try:  .venv/bin/hm-recs recommend {row['customer_id']}")
 

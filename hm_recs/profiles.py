@@ -10,7 +10,13 @@ the VQGAN's 1,000 steps, ...), meant for GPUs. On a CPU:
   10 minutes of training on 2 cores, judged on every event.
 * ``smoke`` -- the least training that still runs every asset and check (the tests' wiring runs).
 
-:func:`run_config` returns the run config (``ops`` and ``resources``) for a profile.
+``auto`` (the default of ``HM_PROFILE``) is ``paper`` where torch sees a GPU and ``demo`` elsewhere:
+the schedule, the sensors and the ``evaluate`` job's launchpad default take the configured profile,
+so an automatic weekly run on a CPU machine finishes in demo time (``hm_recs.defs.resources``).
+
+:func:`run_config` returns the run config (``ops`` and ``resources``) for a profile,
+:func:`selected_assets` the evaluate job's assets it trains, :func:`executor_config` how many
+torch steps may run at once.
 """
 
 from __future__ import annotations
@@ -73,9 +79,9 @@ DEMO_VARIANTS = ["semantic_id", "semantic_id_text"]
 DEMO_TARGET_WEEKS = {"semantic_id": 3, "semantic_id_text": 3}
 
 
-def _bart_cpu(variant: str, weeks: dict, refit: bool = True) -> dict:
+def _bart_cpu(variant: str, weeks: dict, refit: bool = True, serving_epochs: float | None = None) -> dict:
     base = _BART_CPU if variant.startswith("semantic_id") else _TEXT_CPU
-    return {"config": {**base, "target_weeks": weeks.get(variant), "refit_for_test": refit}}
+    return {"config": {**base, "target_weeks": weeks.get(variant), "refit_for_test": refit, "serving_epochs": serving_epochs}}
 
 
 _GRU4REC = {"gru4rec_model": {"config": {"preset": "demo"}}}
@@ -113,8 +119,9 @@ PROFILES: dict[str, dict] = {
             # 120 CPU steps from random weights, the discriminator on over the second half, reach about
             # 12 dB (13.4 without the GAN term); the default floor (18 dB) is for real training
             "vqgan_evaluation": {"config": {"max_images": 200, "psnr_floor": 11.0}},
-            # the demo trains one model per variant (the validation week's), and it serves both weeks
-            **{f"bart_model_{v}": _bart_cpu(v, DEMO_TARGET_WEEKS, refit=False) for v in DEMO_VARIANTS},
+            # the demo trains one model per variant (the validation week's), and it serves both weeks;
+            # the served model is it plus one pass over the two weeks it has not seen
+            **{f"bart_model_{v}": _bart_cpu(v, DEMO_TARGET_WEEKS, refit=False, serving_epochs=1.0) for v in DEMO_VARIANTS},
             "bart_evaluation": {"config": {"diagnostic_events": 200}},
         },
         "resources": {
@@ -182,3 +189,44 @@ def run_config(profile: str, bart_variants: list[str] | None = None) -> dict:
         bart = cfg["resources"].setdefault("bart", {"config": {}})["config"]
         bart["variants"] = list(bart_variants)
     return {**QUIET, **cfg}
+
+
+AUTO = "auto"
+# the op tag of the steps that train or run torch models; on a CPU machine one at a time, or two
+# steps each spreading over every core run at half speed (and the daemon's evaluate took 3x the demo)
+TORCH_TAG = "hm_recs/compute"
+TORCH_STEP = {TORCH_TAG: "torch"}
+TORCH_STEPS_AT_ONCE = {"paper": 1, "cpu": 1, "demo": 1, "smoke": 1}
+
+
+def resolve_profile(name: str, gpu: bool) -> str:
+    """``auto`` -> ``paper`` on a GPU machine, ``demo`` on a CPU one; a named profile as it is."""
+    name = (name or AUTO).strip().lower()
+    if name == AUTO:
+        return "paper" if gpu else "demo"
+    if name not in PROFILES:
+        raise ValueError(f"HM_PROFILE={name!r} is not a run profile: one of {[AUTO, *sorted(PROFILES)]}")
+    return name
+
+
+def selected_assets(config: dict, asset_keys: list[str]) -> list[str] | None:
+    """The evaluate job's assets a run config trains: every asset but the BART models of variants
+    outside ``resources.bart.config.variants``; None when that is all of them."""
+    variants = config.get("resources", {}).get("bart", {}).get("config", {}).get("variants")
+    if variants is None:
+        return None
+    kept = [k for k in asset_keys if not k.startswith("bart_model_") or k.removeprefix("bart_model_") in variants]
+    return kept if len(kept) < len(asset_keys) else None
+
+
+def narrowed(config: dict, assets: list[str] | None) -> dict:
+    """``config`` with op settings only for ``assets`` (a run config may name only selected ops)."""
+    if assets is None:
+        return config
+    return {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in assets}}
+
+
+def executor_config(profile: str) -> dict:
+    """The multiprocess executor's settings: torch steps at most ``TORCH_STEPS_AT_ONCE`` at a time."""
+    limit = TORCH_STEPS_AT_ONCE.get(profile, 1)
+    return {"tag_concurrency_limits": [{"key": TORCH_TAG, "value": "torch", "limit": limit}]}

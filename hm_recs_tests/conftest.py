@@ -24,6 +24,7 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+        os.environ["HM_TORCH_THREADS"] = "1"  # the compute resource sets each Dagster step's threads
 
 
 @pytest.fixture(scope="session", autouse=True)

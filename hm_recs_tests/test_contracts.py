@@ -149,6 +149,30 @@ def test_rerunning_replaces_rejects_instead_of_duplicating(messy_dir, tmp_path):
     assert lake.count("clean/transactions") == 4
 
 
+def test_a_file_over_the_reject_limit_leaves_the_clean_table_as_it_was(messy_dir, tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    good = messy_dir / "transactions_train.csv"
+    lines = good.read_text().splitlines()
+    write(good, [lines[0], lines[1], lines[2], lines[3], lines[12]])  # the four good rows only
+    for c in (ARTICLES, CUSTOMERS, TRANSACTIONS):
+        ingest.load_raw(messy_dir, c, lake)
+    ingest.clean(ARTICLES, lake)
+    ingest.clean(CUSTOMERS, lake)
+    known = (ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS))
+    first = ingest.clean(TRANSACTIONS, lake, *known, max_reject_fraction=0.01)
+    assert first.kept_version is None and lake.count("clean/transactions") == 4
+    # the next file: one more good row and the eight bad ones (8 of 13 rejected)
+    write(good, lines + [f"2020-09-05,{C2},0108775044,0.02,1"])
+    ingest.load_raw(messy_dir, TRANSACTIONS, lake)
+    second = ingest.clean(TRANSACTIONS, lake, *known, max_reject_fraction=0.01)
+    assert second.reject_fraction > 0.5 and second.kept_version == first.version
+    assert lake.count("clean/transactions") == 4  # the previous content, not the new file's 5 good rows
+    assert len(rejects_by_line(lake, "transactions")) == 8  # and the reasons are kept
+    # within the limit the new content lands
+    third = ingest.clean(TRANSACTIONS, lake, *known, max_reject_fraction=0.9)
+    assert third.kept_version is None and lake.count("clean/transactions") == 5
+
+
 def test_gzipped_and_parquet_inputs_read_the_same(messy_dir, tmp_path):
     gz_dir = tmp_path / "gz"
     gz_dir.mkdir()

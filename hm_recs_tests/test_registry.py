@@ -105,28 +105,114 @@ def test_submission_has_every_customer_in_kaggle_format(tmp_path):
         write_submission(preds.head(1), ids, tmp_path / "x.csv")
 
 
-def test_weekly_schedule_targets_the_week_that_just_ended():
+def test_a_refit_of_the_champion_family_refreshes_it_and_a_challenger_needs_the_margin(tracking, tmp_path):
+    from hm_recs.registry.registry import Standing, decide
+
+    champion = Standing("gru4rec_warm", "hm_recs_gru4rec", 0.0400, "2020-09-16")
+
+    def cand(family, score, before):
+        return Candidate("x", family, "1", score, "2020-09-16", before)
+
+    # the same family on one more week ties with the champion: a refresh, not a challenger
+    assert decide(cand("hm_recs_gru4rec", 0.0400, "2020-09-23"), champion, 0.02, 0.25)[:2] == (True, "refresh")
+    assert decide(cand("hm_recs_gru4rec", 0.0310, "2020-09-23"), champion, 0.02, 0.25)[:2] == (True, "refresh")
+    assert decide(cand("hm_recs_gru4rec", 0.0290, "2020-09-23"), champion, 0.02, 0.25)[:2] == (False, "refit held back")
+    # the same family on the same data is a retrain, which needs the margin like any other model
+    assert decide(cand("hm_recs_gru4rec", 0.0401, "2020-09-16"), champion, 0.02, 0.25)[:2] == (False, "challenger")
+    assert decide(cand("hm_recs_pop_time_decay", 0.0405, "2020-09-23"), champion, 0.02, 0.25)[:2] == (False, "challenger")
+    assert decide(cand("hm_recs_pop_time_decay", 0.0410, "2020-09-23"), champion, 0.02, 0.25)[:2] == (True, "challenger promoted")
+    assert decide(cand("hm_recs_pop_time_decay", 0.01, ""), None, 0.02, 0.25)[:2] == (True, "first")
+
+    # through the registry: the refit's training cutoff and the decision land on the served version
+    v = _popularity_version(tracking, tmp_path, [1, 2, 3])
+    client = tracking.client()
+    client.set_model_version_tag(v.name, v.version, "trained_before", "2020-09-16")
+    first = promote(tracking, Candidate("pop_test", v.name, v.version, 0.02, "2020-09-09"), "MAP@12", 0.02)
+    (tmp_path / "w").mkdir()
+    w = _popularity_version(tracking, tmp_path / "w", [1, 2, 3])
+    client.set_model_version_tag(w.name, w.version, "trained_before", "2020-09-23")
+    refit = promote(tracking, Candidate("pop_test", w.name, w.version, 0.0199, "2020-09-16"), "MAP@12", 0.02)
+    assert first.kind == "first" and refit.promoted and refit.kind == "refresh"
+    served = client.get_model_version_by_alias(RECOMMENDER, CHAMPION)
+    assert served.version == refit.version and served.tags["trained_before"] == "2020-09-23"
+    assert served.tags["decision_kind"] == "refresh" and "refit of hm_recs_pop_test" in served.tags["decision"]
+
+
+def test_run_profiles_choose_by_machine_and_narrow_the_evaluate_job(monkeypatch):
+    from hm_recs.defs.resources import configured_profile
+    from hm_recs.profiles import executor_config, narrowed, resolve_profile, run_config, selected_assets
+
+    assert resolve_profile("auto", gpu=True) == "paper" and resolve_profile("auto", gpu=False) == "demo"
+    assert resolve_profile("CPU", gpu=True) == "cpu"
+    with pytest.raises(ValueError, match="HM_PROFILE='gpu-huge' is not a run profile"):
+        resolve_profile("gpu-huge", gpu=False)
+    monkeypatch.setenv("HM_PROFILE", "smoke")
+    assert configured_profile() == "smoke"
+    keys = ["time_split", "bart_model_semantic_id", "bart_model_text_small", "bart_evaluation"]
+    demo = run_config("demo")
+    assert selected_assets(demo, keys) == ["time_split", "bart_model_semantic_id", "bart_evaluation"]
+    assert "bart_model_text_small" not in narrowed(demo, selected_assets(demo, keys))["ops"]
+    assert selected_assets(run_config("paper"), keys) is None
+    assert executor_config("demo")["tag_concurrency_limits"] == [{"key": "hm_recs/compute", "value": "torch", "limit": 1}]
+
+
+def test_the_evaluate_job_opens_on_the_profile_and_runs_one_torch_step_at_a_time():
     from hm_recs.definitions import defs
+    from hm_recs.defs.jobs import PROFILE
+    from hm_recs.profiles import TORCH_TAG, run_config
 
-    schedule = defs().resolve_schedule_def("weekly_retraining")
-    assert schedule.cron_schedule == "0 6 * * 3"  # Wednesdays, after the Wednesday-to-Tuesday week closed
-    ctx = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2020, 9, 16, 6, 0, tzinfo=dt.UTC))
-    requests = list(schedule.evaluate_tick(ctx).run_requests)
-    assert [r.partition_key for r in requests] == ["2020-09-09"]
+    d = defs()
+    job = d.resolve_job_def("evaluate")
+    assert job.tags["hm_recs/profile"] == PROFILE
+    assert job.run_config == run_config(PROFILE)  # the launchpad's default
+    torch_steps = {k.to_user_string() for k, a in ((k, d.resolve_assets_def(k)) for k in job.asset_layer.selected_asset_keys)
+                   if a.op.tags.get(TORCH_TAG) == "torch"}
+    assert {"gru4rec_model", "vqgan_finetuned_model", "bart_model_semantic_id", "bart_evaluation", "item_index"} <= torch_steps
+    assert "popularity_baselines" not in torch_steps
 
 
-def test_new_file_sensor_fires_once_per_change(tmp_path):
-    from hm_recs.defs.automation import new_transaction_files
-    from hm_recs.defs.resources import HMDataResource
+def test_weeks_follow_the_data():
+    from hm_recs.defs.partitions import week_keys_between, week_keys_covering, week_start
 
-    res = {"hm_data": HMDataResource(data_dir=str(tmp_path))}
-    ctx = dg.build_sensor_context(resources=res)
-    assert isinstance(new_transaction_files(ctx), dg.SkipReason)
-    (tmp_path / "transactions_train.csv").write_text("t_dat,customer_id,article_id,price,sales_channel_id\n")
-    first = new_transaction_files(ctx)
-    assert isinstance(first, dg.RunRequest)
-    again = dg.build_sensor_context(cursor=ctx.cursor, resources=res)
-    assert isinstance(new_transaction_files(again), dg.SkipReason)
+    assert week_start(dt.date(2020, 9, 22)) == dt.date(2020, 9, 16)  # Tuesday -> its Wednesday
+    assert week_start(dt.date(2020, 9, 16)) == dt.date(2020, 9, 16)
+    assert week_keys_between(dt.date(2020, 9, 1), dt.date(2020, 9, 22)) == ["2020-08-26", "2020-09-02", "2020-09-09", "2020-09-16"]
+    assert week_keys_covering(dt.date(2018, 9, 20), dt.date(2020, 9, 22)) == ("2018-09-19", "2020-09-16")
+    with dg.DagsterInstance.ephemeral() as instance:
+        from hm_recs.defs.partitions import WEEKS, add_weeks
+
+        assert add_weeks(instance, dt.date(2020, 9, 10), dt.date(2020, 9, 22)) == ["2020-09-09", "2020-09-16"]
+        assert add_weeks(instance, dt.date(2020, 9, 10), dt.date(2020, 9, 29)) == ["2020-09-23"]  # a new week only
+        assert instance.get_dynamic_partitions(WEEKS) == ["2020-09-09", "2020-09-16", "2020-09-23"]
+
+
+def test_the_file_sensor_reacts_to_new_content_once_it_has_settled(tmp_path):
+    from hm_recs.data.delta import Lake
+    from hm_recs.data.ingest import file_fingerprint, record_ingested
+    from hm_recs.defs.automation import files_to_ingest
+
+    f = tmp_path / "transactions_train.csv"
+    f.write_text("t_dat,customer_id,article_id,price,sales_channel_id\n")
+    lake = Lake(str(tmp_path / "lake"))
+    record_ingested(lake, f, file_fingerprint(f))
+    from hm_recs.data.ingest import ingested_fingerprints
+
+    ingested = ingested_fingerprints(lake)
+    # a first start over what was already ingested starts nothing, and neither does a touch
+    changed, waiting, seen = files_to_ingest([f], {}, ingested, 0, now=100.0)
+    assert changed == [] and waiting == []
+    import os
+
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    assert files_to_ingest([f], seen, ingested, 0, now=110.0)[0] == []
+    # new content waits until its size has been stable for the settle time, then starts ingest
+    f.write_text(f.read_text() + "2020-09-23,abc,0108775015,0.01,2\n")
+    changed, waiting, seen = files_to_ingest([f], seen, ingested, 60, now=120.0)
+    assert changed == [] and waiting == ["transactions_train.csv"]
+    changed, waiting, seen = files_to_ingest([f], seen, ingested, 60, now=150.0)
+    assert changed == [] and waiting == ["transactions_train.csv"]
+    changed, waiting, seen = files_to_ingest([f], seen, ingested, 60, now=181.0)
+    assert changed == ["transactions_train.csv"] and seen[f.name]["fingerprint"] == file_fingerprint(f)
 
 
 def test_failures_are_recorded(tmp_path):

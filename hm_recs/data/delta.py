@@ -180,5 +180,11 @@ class Lake:
     def version(self, name: str) -> int:
         return self.table(name).version()
 
+    def restore(self, name: str, version: int) -> int:
+        """Make ``version`` the table's content again, as a new commit (time travel keeps the
+        rejected one); returns the new version."""
+        self.table(name).restore(version)
+        return self.version(name)
+
     def count(self, name: str) -> int:
         return self.dataset(name).count_rows()

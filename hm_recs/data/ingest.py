@@ -7,6 +7,8 @@ one atomic commit, so re-running a step never duplicates or loses reject rows.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ from hm_recs.data.schema import REJECTS_SCHEMA, TableContract, find_table_file
 from hm_recs.data.validate import TableValidator, rejects_table
 
 REJECTS_TABLE = "rejects"
+# what each raw step read: file name, size and content hash (the file sensor compares with it)
+INGESTED_FILES_TABLE = "ops/ingested_files"
 
 
 def raw_table_name(contract: TableContract) -> str:
@@ -41,6 +45,7 @@ class StepResult:
     version: int = -1
     rejects: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    kept_version: int | None = None  # too many rejects: the table was put back to this version
 
     @property
     def rejected(self) -> int:
@@ -71,6 +76,31 @@ def write_rejects(lake: Lake, table: str, stage: str, rejects: list[Reject]) -> 
     return lake.replace_where(REJECTS_TABLE, data, predicate, partition_by=["table", "stage"])
 
 
+def file_fingerprint(path: str | Path, chunk: int = 8 << 20) -> str:
+    """``size:sha256`` of a file's bytes: equal for a touched file, different for new content."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return f"{size}:{digest.hexdigest()}"
+
+
+def record_ingested(lake: Lake, path: Path, fingerprint: str) -> None:
+    """Remember what was read from ``path`` (one row per file name, replaced on every ingest)."""
+    row = pa.Table.from_pylist([{"file": path.name, "fingerprint": fingerprint,
+                                 "ingested_at": dt.datetime.now(dt.UTC).replace(tzinfo=None)}])
+    lake.replace_where(INGESTED_FILES_TABLE, row, f"file = '{path.name}'")
+
+
+def ingested_fingerprints(lake: Lake) -> dict[str, str]:
+    """File name -> fingerprint of what the raw steps last read."""
+    if not lake.exists(INGESTED_FILES_TABLE):
+        return {}
+    t = lake.read(INGESTED_FILES_TABLE, columns=["file", "fingerprint"])
+    return dict(zip(t.column("file").to_pylist(), t.column("fingerprint").to_pylist(), strict=True))
+
+
 def load_raw(data_dir: str | Path, contract: TableContract, lake: Lake) -> StepResult:
     """Copy one Kaggle file into ``raw/<table>`` as text; malformed lines go to the rejects."""
     start = time.perf_counter()
@@ -84,8 +114,10 @@ def load_raw(data_dir: str | Path, contract: TableContract, lake: Lake) -> StepR
             result.rows_out += batch.num_rows
             yield batch
 
+    fingerprint = file_fingerprint(path)  # before reading: a file replaced meanwhile is read again later
     result.version = lake.write(result.table, batches(), schema=contract.raw_schema())
     write_rejects(lake, contract.name, "parse", rejects)
+    record_ingested(lake, path, fingerprint)
     result.rejects = Counter(_reason_kind(r.reason) for r in rejects)
     result.rows_in = result.rows_out + len(rejects)
     result.seconds = time.perf_counter() - start
@@ -97,11 +129,17 @@ def clean(
     lake: Lake,
     known_articles: pa.Array | None = None,
     known_customers: pa.Array | None = None,
+    max_reject_fraction: float | None = None,
 ) -> StepResult:
-    """Validate ``raw/<table>`` into ``clean/<table>``; every failing row goes to the rejects."""
+    """Validate ``raw/<table>`` into ``clean/<table>``; every failing row goes to the rejects.
+
+    Above ``max_reject_fraction`` the new content is not kept: the clean table is restored to the
+    version before this run (``kept_version``), so downstream stages never read a file that failed
+    its check; the rejects table still says why."""
     start = time.perf_counter()
     raw_name = raw_table_name(contract)
     result = StepResult(table=clean_table_name(contract), source=lake.uri(raw_name))
+    before = lake.version(result.table) if lake.exists(result.table) else None
     validator = TableValidator(contract, known_articles=known_articles, known_customers=known_customers)
     rejects: list[Reject] = []
     parse_rejects = _count_rejects(lake, contract.name, "parse")
@@ -127,6 +165,9 @@ def clean(
     result.rejects = Counter(_reason_kind(r.reason) for r in rejects)
     result.rejects.update(parse_rejects)
     result.rows_in += sum(parse_rejects.values())
+    if max_reject_fraction is not None and result.reject_fraction > max_reject_fraction and before is not None:
+        result.version = lake.restore(result.table, before)
+        result.kept_version = before
     result.seconds = time.perf_counter() - start
     return result
 

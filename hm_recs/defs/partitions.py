@@ -1,28 +1,44 @@
-"""Weekly partitions of the sessions, Wednesday to Tuesday like the Kaggle weeks.
+"""Weekly partitions of the sessions, Wednesday to Tuesday like the Kaggle weeks, that follow the data.
 
-The first partition starts on Wednesday 2018-09-19, so the first days of the data (from Thursday
-2018-09-20) belong to a partition; the last one of the H&M data starts 2020-09-16 (the test week).
-For live data set ``HM_WEEKS_END`` to a later date (or ``none`` for "up to today").
+The partitions are a dynamic set named ``weeks``: ``clean_transactions`` adds the week of every day
+it ingested (key: the week's Wednesday, ISO date), so the H&M data gets its 105 weeks from
+2018-09-19, the demo sample its own, and a newly appended week becomes a partition the moment it
+is ingested. Nothing is fixed to a calendar end date.
 """
 
 
 import datetime as dt
-import os
 
 import dagster as dg
 
-WEEKS_START = os.environ.get("HM_WEEKS_START", "2018-09-19")
-_end = os.environ.get("HM_WEEKS_END", "2020-09-23")
-WEEKS_END = None if _end.lower() == "none" else _end
-
-weekly_partitions = dg.WeeklyPartitionsDefinition(start_date=WEEKS_START, end_date=WEEKS_END, day_offset=3)
+WEEKS = "weeks"
+weekly_partitions = dg.DynamicPartitionsDefinition(name=WEEKS)
 
 
-def week_keys_covering(partitions_def, first_day: dt.date, last_day: dt.date) -> tuple[str, str]:
-    """First and last weekly partition keys whose weeks hold the given days."""
-    keys = partitions_def.get_partition_keys()
-    starts = [dt.date.fromisoformat(k) for k in keys]
-    inside = [k for k, s in zip(keys, starts, strict=True) if s + dt.timedelta(days=6) >= first_day and s <= last_day]
-    if not inside:
-        raise ValueError(f"no weekly partition covers {first_day} .. {last_day}: check HM_WEEKS_START / HM_WEEKS_END")
-    return inside[0], inside[-1]
+def week_start(day: dt.date) -> dt.date:
+    """The Wednesday that starts the week holding ``day``."""
+    return day - dt.timedelta(days=(day.weekday() - 2) % 7)
+
+
+def week_keys_between(first_day: dt.date, last_day: dt.date) -> list[str]:
+    """Keys of every week from the one holding ``first_day`` to the one holding ``last_day``."""
+    if last_day < first_day:
+        raise ValueError(f"no weeks between {first_day} and {last_day}")
+    start, last = week_start(first_day), week_start(last_day)
+    return [(start + dt.timedelta(days=7 * i)).isoformat() for i in range((last - start).days // 7 + 1)]
+
+
+def week_keys_covering(first_day: dt.date, last_day: dt.date) -> tuple[str, str]:
+    """First and last week keys whose weeks hold the given days."""
+    keys = week_keys_between(first_day, last_day)
+    return keys[0], keys[-1]
+
+
+def add_weeks(instance, first_day: dt.date, last_day: dt.date) -> list[str]:
+    """Register the weeks of the data as partitions (idempotent); returns the keys added."""
+    keys = week_keys_between(first_day, last_day)
+    known = set(instance.get_dynamic_partitions(WEEKS))
+    new = [k for k in keys if k not in known]
+    if new:
+        instance.add_dynamic_partitions(WEEKS, new)
+    return new

@@ -13,6 +13,7 @@ resource               default                         environment
 ``compute``            ``auto`` (GPU if any), 1, fp32   ``HM_DEVICE``, ``HM_NUM_DEVICES``, ``HM_PRECISION``
 ``mlflow``             ``./state/mlflow`` (SQLite)      ``HM_MLFLOW_TRACKING_URI``, ``HM_MLFLOW_ARTIFACTS``, ``HM_MLFLOW_UI``
 ``evaluation_protocol``  no masking, repeats collapsed  launchpad config
+run profile            ``auto`` (paper on a GPU, demo)  ``HM_PROFILE`` (``hm_recs.profiles``)
 =====================  ==============================  ==========================================
 """
 
@@ -28,6 +29,7 @@ from hm_recs.compute import DeviceSpec
 from hm_recs.data.delta import Lake
 from hm_recs.evaluation.protocol import EvaluationProtocol
 from hm_recs.paths import default_lake_uri, default_synthetic_dir, default_tracking_uri, mlflow_dir, state_dir
+from hm_recs.profiles import AUTO, TORCH_STEPS_AT_ONCE, resolve_profile
 from hm_recs.registry.tracking import TrackingSettings, tracked_run
 from hm_recs.sessions.spark import spark_conf
 
@@ -36,6 +38,7 @@ class HMDataResource(dg.ConfigurableResource):
     """Where the H&M files are: a folder in the Kaggle layout (CSV, gzipped CSV or Parquet)."""
 
     data_dir: str = Field(description="Kaggle-layout folder: articles, customers, transactions_train, images/")
+    settle_seconds: int = Field(default=60, description="the file sensor ingests a file once its size has not changed for this long")
 
 
 class ObjectStoreSettings(dg.ConfigurableResource):
@@ -143,11 +146,19 @@ class MLflowResource(dg.ConfigurableResource):
 
 
 class ComputeResource(dg.ConfigurableResource):
-    """The compute device every training stage shares: auto / cpu / cuda[:N], devices, precision."""
+    """The compute device every training stage shares: auto / cpu / cuda[:N], devices, precision,
+    and the CPU threads of each step's process (0: torch's default, every core)."""
 
     device: str = "auto"
     num_devices: int = 1
     precision: str = "32-true"
+    threads: int = 0
+
+    def setup_for_execution(self, context) -> None:
+        if self.threads > 0:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
     def spec(self) -> DeviceSpec:
         return DeviceSpec(self.device, self.num_devices, self.precision)
@@ -185,10 +196,28 @@ def configured_lake() -> Lake:
     return LakeResource(root=default_lake_uri(), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws).lake()
 
 
+def configured_profile(default: str = AUTO) -> str:
+    """The run profile automatic runs take: ``HM_PROFILE`` (auto, paper, cpu, demo, smoke), else
+    ``default``; ``auto`` is ``paper`` where torch sees a GPU and ``demo`` elsewhere."""
+    name = os.environ.get("HM_PROFILE") or default
+    gpu = False
+    if name.strip().lower() == AUTO:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    return resolve_profile(name, gpu)
+
+
+def torch_threads(profile: str) -> int:
+    """CPU threads per torch step: the cores shared by the torch steps allowed at once."""
+    return max(1, (os.cpu_count() or 1) // TORCH_STEPS_AT_ONCE.get(profile, 1))
+
+
 def build_resources() -> dict[str, object]:
     aws = {k: dg.EnvVar(env) for k, env in _AWS_ENV if os.environ.get(env)}
     return {
-        "hm_data": HMDataResource(data_dir=_env_or("HM_DATA_DIR", str(default_synthetic_dir()))),
+        "hm_data": HMDataResource(data_dir=_env_or("HM_DATA_DIR", str(default_synthetic_dir())),
+                                  settle_seconds=int(os.environ.get("HM_FILE_SETTLE_SECONDS", "60"))),
         "lake": LakeResource(root=_env_or("HM_LAKE_URI", default_lake_uri()), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws),
         "pyspark": PySparkResource(
             spark_config=spark_conf(driver_memory=os.environ.get("HM_SPARK_DRIVER_MEMORY", "4g"))
@@ -205,6 +234,7 @@ def build_resources() -> dict[str, object]:
             device=os.environ.get("HM_DEVICE", "auto"),
             num_devices=int(os.environ.get("HM_NUM_DEVICES", "1")),
             precision=os.environ.get("HM_PRECISION", "32-true"),
+            threads=int(os.environ.get("HM_TORCH_THREADS", "0")) or torch_threads(configured_profile()),
         ),
     }
 

@@ -12,6 +12,14 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 
 SPLITS = ("train", "validation", "test")
+# the models every family trains: for the validation week (model selection), for the test week (the
+# reported numbers) and on everything (what is served next week; never judged on a week it saw)
+FIT_TARGETS = ("validation", "test", "serving")
+
+
+def fit_targets(refit_for_test: bool, refit_for_serving: bool) -> tuple[str, ...]:
+    """The models a family trains, oldest cutoff first; the last one is registered and served."""
+    return ("validation",) + (("test",) if refit_for_test else ()) + (("serving",) if refit_for_serving else ())
 TIME_SPLIT_TABLE = "splits/time_split"
 
 
@@ -43,6 +51,15 @@ class TimeSplit:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: one of {SPLITS}")
         return getattr(self, f"{split}_start"), getattr(self, f"{split}_end")
+
+    def cutoff(self, target: str) -> dt.date:
+        """The first day a ``target`` model may not train on: the validation week's start, the test
+        week's, or the day after the data for the serving refit."""
+        if target not in FIT_TARGETS:
+            raise ValueError(f"unknown target {target!r}: one of {FIT_TARGETS}")
+        if target == "serving":
+            return self.test_end + dt.timedelta(days=1)
+        return self.validation_start if target == "validation" else self.test_start
 
     def split_of(self, day: dt.date) -> str:
         for s in SPLITS:

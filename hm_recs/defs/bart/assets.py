@@ -1,5 +1,6 @@
 """BART: tokenizer, purchase sequences, one model per variant, and its evaluation."""
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -35,10 +36,11 @@ from hm_recs.models.bart import (
 )
 from hm_recs.paths import models_dir
 from hm_recs.plots import line_plot
+from hm_recs.profiles import TORCH_STEP
 from hm_recs.retrieval.bart_recommender import BartRecommender, catalogue_from_tables, distinct_generations
 from hm_recs.retrieval.semantic_ids import vocabulary
 from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
-from hm_recs.sessions.split import load_time_split
+from hm_recs.sessions.split import fit_targets, load_time_split
 
 SEQUENCES = "bart/sequences"
 TARGETS = ("validation", "test")
@@ -207,6 +209,10 @@ class BartTrainingConfig(dg.Config):
     refit_for_test: bool = True  # a second model on the data before the test week
     # full: trained anew | continue: the validation model plus a recency pass over the validation week
     refit_mode: str = "full"
+    # a last model on every week: the newest one plus a recency pass over the weeks it has not seen;
+    # registered and served (never judged: it has seen the test week)
+    refit_for_serving: bool = True
+    serving_epochs: float | None = None  # epochs of that pass (None: recent_epochs)
     seed: int = 0  # the variant's own seed is derived from it
     distinct_sources: int = 256  # validation sources the distinct-generations check decodes
     min_distinct_share: float = 0.25  # ... and the share of them that must get a list of their own (top 12)
@@ -236,6 +242,7 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
         name=f"bart_model_{variant}",
         group_name="models",
         kinds={"pytorch", "mlflow"},
+        op_tags=TORCH_STEP,
         deps=[bart_training_sequences],
         check_specs=[
             dg.AssetCheckSpec("training_loss_decreased", asset=f"bart_model_{variant}"),
@@ -248,7 +255,8 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
         ],
         description=f"BART trained on the `{variant}` sequences ({VARIANTS[variant]}): "
         "one model on the data before the "
-        "validation week and, with `refit_for_test`, one before the test week.",
+        "validation week, with `refit_for_test` one before the test week, with `refit_for_serving` one on "
+        "every week (registered and served).",
     )
     def _model(
         context: AssetExecutionContext,
@@ -311,14 +319,16 @@ def _train_variant(
         config.dropout,
         lk.version(SEQUENCES),
     ]
-    model = None
-    for target in TARGETS if config.refit_for_test else ("validation",):
-        cutoff = split.validation_start if target == "validation" else split.test_start
-        if (
-            target == "test" and config.refit_mode == "continue"
-        ):  # last week's model, one pass over the new week
-            weeks = max(1, (split.test_start - split.validation_start).days // 7)
-            passes = training_passes(settings, recency=config.recency(), continue_weeks=weeks)
+    model, previous = None, None
+    for target in fit_targets(config.refit_for_test, config.refit_for_serving):
+        cutoff = split.cutoff(target)
+        if target == "serving" or (target == "test" and config.refit_mode == "continue"):
+            # the newest model, a pass over the weeks since its cutoff
+            weeks = max(1, (cutoff - previous).days // 7)
+            recency = config.recency()
+            if target == "serving" and config.serving_epochs is not None:
+                recency = dataclasses.replace(recency, epochs=config.serving_epochs)
+            passes = training_passes(settings, recency=recency, continue_weeks=weeks)
         else:
             model = new_model(bart.pretrained, bart.size, tokenizer, settings.seed, config.dropout)
             passes = training_passes(
@@ -352,9 +362,10 @@ def _train_variant(
                 "pairs": result.pairs,
                 "epochs": round(result.epochs, 3),
                 "passes": [p.name for p in passes],
-                "refit_mode": config.refit_mode if target == "test" else None,
+                "refit_mode": {"test": config.refit_mode, "serving": "continue"}.get(target),
             },
         )
+        previous = cutoff
         curves[target] = result.loss
         if target == "validation":
             checks.append(_distinct_check(model, codec, seqs, split, config))

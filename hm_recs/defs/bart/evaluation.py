@@ -30,6 +30,7 @@ from hm_recs.evaluation.protocol import evaluate, metric_table
 from hm_recs.evaluation.weeks import METRICS_TABLE, load_target_weeks, write_metrics
 from hm_recs.models.bart import VARIANTS, SequenceCodec, load_bart
 from hm_recs.models.gru4rec import GRU4RecRecommender
+from hm_recs.profiles import TORCH_STEP
 from hm_recs.retrieval.bart_evaluation import (
     BartEvaluationSettings,
     bought_before,
@@ -40,7 +41,7 @@ from hm_recs.retrieval.bart_recommender import BartRecommender
 from hm_recs.retrieval.item_index import ItemIndex
 from hm_recs.retrieval.item_space import SPACE_KEY, space_from_settings
 from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
-from hm_recs.sessions.split import load_time_split
+from hm_recs.sessions.split import FIT_TARGETS, load_time_split
 
 BART_TEXT_TABLE = "evaluation/bart_text"
 BART_COMPARISONS_TABLE = "evaluation/bart_comparisons"
@@ -78,12 +79,13 @@ class BartEvaluationConfig(dg.Config):
 
 def model_folder(variant: str, week_start) -> Path:
     """The newest model of the variant trained before the week (never the refit on the week itself)."""
-    return model_for_week([bart_model_dir(variant, t) / "model" for t in reversed(TARGETS)], week_start)
+    return model_for_week([bart_model_dir(variant, t) / "model" for t in reversed(FIT_TARGETS)], week_start)
 
 
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch", "deltalake", "mlflow"},
+    op_tags=TORCH_STEP,
     deps=[*bart_models.values(), item_index, evaluation_events, popularity_baselines, gru4rec_model],
     check_specs=[
         dg.AssetCheckSpec("metrics_are_sane", asset="bart_evaluation"),
@@ -288,9 +290,10 @@ def register_bart(
         run.log_metrics({f"{res.week}_{m.replace('@', '_at_')}": v for m, (v, _, _) in res.metrics.items()})
     newest = next(
         bart_model_dir(variant, t) / "model"
-        for t in reversed(TARGETS)
+        for t in reversed(FIT_TARGETS)
         if (bart_model_dir(variant, t) / "model").exists()
     )
+    trained_before = dt.date.fromisoformat(json.loads((newest / "hm_recs.json").read_text())["trained_before"])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         lk.read(ARTICLE_FEATURES).to_pandas().to_parquet(tmp / "articles.parquet", index=False)
@@ -308,4 +311,4 @@ def register_bart(
                 settings = {**settings, "index_uri": lancedb.uri}
             else:
                 files["lancedb"] = Path(lancedb.uri)
-        return log_recommender(run, lk, "bart", f"bart_{variant}", settings, files)
+        return log_recommender(run, lk, "bart", f"bart_{variant}", settings, files, trained_before=trained_before)

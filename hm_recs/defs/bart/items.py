@@ -11,6 +11,7 @@ from hm_recs.defs.metadata import markdown_table, table_metadata
 from hm_recs.defs.resources import ComputeResource, LakeResource, LanceDBResource
 from hm_recs.defs.vqgan.assets import CODEBOOK, IMAGE_TOKENS, image_tokens
 from hm_recs.models.bart import item_text
+from hm_recs.profiles import TORCH_STEP
 from hm_recs.retrieval.item_index import IndexSettings, ItemIndex, build_index
 from hm_recs.retrieval.item_space import (
     DEFAULT_IMAGE_WEIGHT,
@@ -57,6 +58,7 @@ class ItemIndexConfig(dg.Config):
 @dg.asset(
     group_name="models",
     kinds={"lancedb"},
+    op_tags=TORCH_STEP,
     deps=[image_tokens, article_features],
     check_specs=[
         dg.AssetCheckSpec(

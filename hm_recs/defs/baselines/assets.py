@@ -18,7 +18,7 @@ from hm_recs.defs.resources import LakeResource, MLflowResource
 from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
 from hm_recs.sessions.sessionize import SESSIONS_TABLE
-from hm_recs.sessions.split import load_time_split
+from hm_recs.sessions.split import FIT_TARGETS, load_time_split
 
 GROUP = "baselines"
 POPULARITY_TABLE = "baselines/popularity"
@@ -37,18 +37,20 @@ class PopularityConfig(dg.Config):
 )
 def popularity_baselines(context: AssetExecutionContext, config: PopularityConfig, lake: LakeResource, mlflow: MLflowResource) -> dg.MaterializeResult:
     """Top articles by popularity for each variant, fit once per cutoff: before the validation week
-    (for tuning) and before the test week (training + validation data). Each variant's test-week
-    list is registered in MLflow as ``hm_recs_pop_<variant>``."""
+    (for tuning), before the test week (training + validation data) and on every week (the list
+    served next week). Each variant's serving list is registered in MLflow as ``hm_recs_pop_<variant>``."""
     lk = lake.lake()
     with mlflow.run(context, "popularity_baselines", lk, (SESSIONS_TABLE, ARTICLE_FEATURES)) as run:
         run.log_params({"half_life_days": config.half_life_days, "list_length": LIST_LENGTH, "variants": list(VARIANTS)})
         meta, check = _fit_popularity(config, lk)
+        split = load_time_split(lk)
         versions = {}
         for variant in VARIANTS:
-            model = load_popularity(lk, variant, "test")
+            model = load_popularity(lk, variant, "serving")
             with tempfile.TemporaryDirectory() as tmp:
                 np.save(Path(tmp) / "ranking.npy", model.ranking)
-                versions[variant] = log_recommender(run, lk, "popularity", f"pop_{variant}", {"variant": variant}, {"ranking.npy": Path(tmp) / "ranking.npy"})
+                versions[variant] = log_recommender(run, lk, "popularity", f"pop_{variant}", {"variant": variant},
+                                                    {"ranking.npy": Path(tmp) / "ranking.npy"}, trained_before=split.cutoff("serving"))
         meta.update(mlflow_metadata(mlflow, run))
         meta["registered_models"] = dg.MetadataValue.json({v: f"{mv.name} v{mv.version}" for v, mv in versions.items()})
     return dg.MaterializeResult(metadata=meta, check_results=[check])
@@ -60,7 +62,8 @@ def _fit_popularity(config: PopularityConfig, lk: Lake):
     articles = lk.read(ARTICLE_FEATURES, columns=["article_idx", "article_id", "prod_name", "product_type_name", "colour_group_name"])
     n_items = articles.num_rows
     rows = []
-    for target, cutoff in (("validation", split.validation_start), ("test", split.test_start)):
+    for target in FIT_TARGETS:
+        cutoff = split.cutoff(target)
         for variant in VARIANTS:
             model = PopularityRecommender(variant, config.half_life_days).fit(
                 purchases["article_idx"].to_numpy(), purchases["t_dat"].to_numpy(), n_items, cutoff, LIST_LENGTH
@@ -75,7 +78,7 @@ def _fit_popularity(config: PopularityConfig, lk: Lake):
     meta = table_metadata(lk, POPULARITY_TABLE, preview_rows=0)
     by_idx = {r["article_idx"]: r for r in articles.to_pylist()}
     for variant in VARIANTS:
-        top = [r for r in rows if r["variant"] == variant and r["target"] == "test" and r["rank"] <= 12]
+        top = [r for r in rows if r["variant"] == variant and r["target"] == "serving" and r["rank"] <= 12]
         preview = pa.Table.from_pylist(
             [{"rank": r["rank"], "article_id": by_idx[r["article_idx"]]["article_id"], "name": by_idx[r["article_idx"]]["prod_name"],
               "type": by_idx[r["article_idx"]]["product_type_name"], "colour": by_idx[r["article_idx"]]["colour_group_name"], "score": round(r["score"], 2)} for r in top]

@@ -28,9 +28,10 @@ from hm_recs.models.gru4rec import (
 )
 from hm_recs.paths import models_dir
 from hm_recs.plots import line_plot
+from hm_recs.profiles import TORCH_STEP
 from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.sessionize import SESSIONS_TABLE
-from hm_recs.sessions.split import load_time_split
+from hm_recs.sessions.split import fit_targets, load_time_split
 
 TARGETS = ("validation", "test")
 PAPER_TABLE2 = {"Recall@20": 0.2532, "MRR@20": 0.1471}
@@ -62,17 +63,20 @@ class GRU4RecTrainingConfig(dg.Config):
     repeats: str | None = None  # collapse | keep: consecutive units of one article in a session
     seed: int | None = None
     refit_for_test: bool = True  # train a second model on training + validation for the test week
+    # train a last model on every week (test week included): the one registered and served
+    refit_for_serving: bool = True
 
     def gru4rec_config(self):
         if self.preset not in PRESETS:
             raise ValueError(f"unknown GRU4Rec preset {self.preset!r}: one of {sorted(PRESETS)}")
-        overrides = self.model_dump(exclude={"preset", "refit_for_test"})
+        overrides = self.model_dump(exclude={"preset", "refit_for_test", "refit_for_serving"})
         return PRESETS[self.preset].with_overrides(**overrides)
 
 
 @dg.asset(
     group_name="models",
     kinds={"pytorch"},
+    op_tags=TORCH_STEP,
     deps=[sessions, time_split, article_features],
     check_specs=[dg.AssetCheckSpec("training_loss_decreased", asset="gru4rec_model")],
 )
@@ -80,14 +84,17 @@ def gru4rec_model(
     context: AssetExecutionContext, config: GRU4RecTrainingConfig, lake: LakeResource, compute: ComputeResource, mlflow: MLflowResource
 ) -> dg.MaterializeResult:
     """GRU4Rec trained on the weekly sessions: one model on the data before the validation week
-    (model selection) and, with ``refit_for_test``, one on the data before the test week.
-    A checkpoint per epoch; a re-run after a kill resumes from the last finished epoch. One MLflow
-    run; the test-week model is registered as ``hm_recs_gru4rec`` (warm mode: whole history)."""
+    (model selection), with ``refit_for_test`` one on the data before the test week (the reported
+    numbers) and with ``refit_for_serving`` one on every week, which is registered as
+    ``hm_recs_gru4rec`` (warm mode: whole history) and served. A checkpoint per epoch; a re-run
+    after a kill resumes from the last finished epoch. One MLflow run."""
     lk = lake.lake()
     with mlflow.run(context, "gru4rec_model", lk, (SESSIONS_TABLE,)) as run:
         result = _train_gru4rec(context, config, lk, compute, run)
-        last = gru4rec_dir("test" if config.refit_for_test else "validation") / "model.pt"
-        version = log_recommender(run, lk, "gru4rec", "gru4rec", config.gru4rec_config().to_dict(), {"model.pt": last})
+        served = fit_targets(config.refit_for_test, config.refit_for_serving)[-1]
+        version = log_recommender(run, lk, "gru4rec", "gru4rec", config.gru4rec_config().to_dict(),
+                                  {"model.pt": gru4rec_dir(served) / "model.pt"},
+                                  trained_before=load_time_split(lk).cutoff(served))
         result.metadata.update(mlflow_metadata(mlflow, run, version))
     return result
 
@@ -99,11 +106,12 @@ def _train_gru4rec(context, config: GRU4RecTrainingConfig, lk, compute: ComputeR
     purchases = load_purchases(lk)
     version = lk.version(SESSIONS_TABLE)
     meta: dict = {"config": dg.MetadataValue.json(cfg.to_dict()), "device": dg.MetadataValue.text(str(device))}
-    run.log_params({"preset": config.preset, **cfg.to_dict(), "device": str(device), "refit_for_test": config.refit_for_test})
+    run.log_params({"preset": config.preset, **cfg.to_dict(), "device": str(device), "refit_for_test": config.refit_for_test,
+                    "refit_for_serving": config.refit_for_serving})
     losses = {}
-    targets = TARGETS if config.refit_for_test else ("validation",)
+    targets = fit_targets(config.refit_for_test, config.refit_for_serving)
     for target in targets:
-        cutoff = split.validation_start if target == "validation" else split.test_start
+        cutoff = split.cutoff(target)
         data, items, support = training_data(purchases, cutoff, cfg.repeats)
         fingerprint = hashlib.sha256(json.dumps([cfg.to_dict(), str(cutoff), version, len(items)]).encode()).hexdigest()
         context.log.info(f"{target}: {data.n_sessions} sessions, {data.n_events} events, {len(items)} items, on {device}")
@@ -162,6 +170,7 @@ def table2_markdown(rows: dict[str, dict]) -> str:
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch", "deltalake"},
+    op_tags=TORCH_STEP,
     deps=[gru4rec_model, evaluation_events, popularity_baselines],
     check_specs=[
         dg.AssetCheckSpec("beats_pop_on_validation", asset="gru4rec_evaluation", description="Recall@20 on the validation week above the paper's POP (all-time popularity)"),

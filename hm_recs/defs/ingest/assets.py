@@ -11,6 +11,7 @@ from hm_recs.data.preprocess import article_features as build_article_features
 from hm_recs.data.preprocess import customer_features as build_customer_features
 from hm_recs.data.schema import ARTICLES, CUSTOMERS, TRANSACTIONS, TableContract, find_table_file
 from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
+from hm_recs.defs.partitions import add_weeks
 from hm_recs.defs.resources import HMDataResource, LakeResource
 from hm_recs.plots import daily_counts
 from hm_recs.sessions.purchases import ARTICLE_FEATURES, CUSTOMER_FEATURES
@@ -45,6 +46,9 @@ def _step_metadata(result: ingest.StepResult, lake) -> dict:
             "seconds": dg.MetadataValue.float(round(result.seconds, 2)),
         }
     )
+    if result.kept_version is not None:
+        meta["kept_version"] = dg.MetadataValue.text(
+            f"too many rejects: {result.table} put back to version {result.kept_version} (this file's rows are not used)")
     if result.rejects:
         rows = "\n".join(f"| {reason} | {n} |" for reason, n in result.rejects.most_common())
         meta["rejects_by_reason"] = dg.MetadataValue.md("| reason | rows |\n|---|---|\n" + rows)
@@ -82,6 +86,8 @@ def _reject_check(result: ingest.StepResult, asset: str, config: CleanConfig) ->
         asset_key=asset,
         check_name="reject_fraction_below_threshold",
         passed=result.reject_fraction <= config.max_reject_fraction,
+        description=f"{result.rejected:,} of {result.rows_in:,} rows of {result.source} rejected "
+                    f"({result.reject_fraction:.2%}, limit {config.max_reject_fraction:.2%}); reasons in the rejects table",
         metadata={
             "reject_fraction": result.reject_fraction,
             "threshold": config.max_reject_fraction,
@@ -96,7 +102,9 @@ def _reject_spec(asset: str) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(
             "reject_fraction_below_threshold",
             asset=asset,
-            description="Rejected rows (parse + validation) are at most max_reject_fraction of the input",
+            description="Rejected rows (parse + validation) are at most max_reject_fraction of the input; "
+            "blocking: above it the clean table keeps its previous version and nothing downstream runs",
+            blocking=True,
         )
     ]
 
@@ -104,14 +112,14 @@ def _reject_spec(asset: str) -> list[dg.AssetCheckSpec]:
 @dg.asset(group_name=GROUP, kinds={"deltalake"}, deps=[raw_articles], check_specs=_reject_spec("clean_articles"))
 def clean_articles(config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Articles typed and validated: 10-digit unique ids, product code matching, integer codes."""
-    result = ingest.clean(ARTICLES, lake.lake())
+    result = ingest.clean(ARTICLES, lake.lake(), max_reject_fraction=config.max_reject_fraction)
     return dg.MaterializeResult(metadata=_step_metadata(result, lake.lake()), check_results=[_reject_check(result, "clean_articles", config)])
 
 
 @dg.asset(group_name=GROUP, kinds={"deltalake"}, deps=[raw_customers], check_specs=_reject_spec("clean_customers"))
 def clean_customers(config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Customers typed and validated: 64-hex unique ids, known statuses, ages in [0, 120]."""
-    result = ingest.clean(CUSTOMERS, lake.lake())
+    result = ingest.clean(CUSTOMERS, lake.lake(), max_reject_fraction=config.max_reject_fraction)
     return dg.MaterializeResult(
         metadata=_step_metadata(result, lake.lake()), check_results=[_reject_check(result, "clean_customers", config)]
     )
@@ -123,12 +131,14 @@ def clean_customers(config: CleanConfig, lake: LakeResource) -> dg.MaterializeRe
     deps=[raw_transactions, clean_articles, clean_customers],
     check_specs=_reject_spec("clean_transactions"),
 )
-def clean_transactions(config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
+def clean_transactions(context: AssetExecutionContext, config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Transactions typed and validated, with the source line (a stable order within a day); rows
-    whose article or customer is unknown are rejected."""
+    whose article or customer is unknown are rejected. The weeks of the data become partitions of
+    ``sessions`` (``hm_recs.defs.partitions``)."""
     lk = lake.lake()
     result = ingest.clean(
-        TRANSACTIONS, lk, known_articles=ingest.key_values(lk, ARTICLES), known_customers=ingest.key_values(lk, CUSTOMERS)
+        TRANSACTIONS, lk, known_articles=ingest.key_values(lk, ARTICLES), known_customers=ingest.key_values(lk, CUSTOMERS),
+        max_reject_fraction=config.max_reject_fraction,
     )
     meta = _step_metadata(result, lk)
     dates = lk.read(ingest.clean_table_name(TRANSACTIONS), columns=["t_dat"]).column(0)
@@ -136,6 +146,8 @@ def clean_transactions(config: CleanConfig, lake: LakeResource) -> dg.Materializ
         lo, hi = pc.min_max(dates).values()
         meta["first_day"] = dg.MetadataValue.text(str(lo.as_py()))
         meta["last_day"] = dg.MetadataValue.text(str(hi.as_py()))
+        added = add_weeks(context.instance, lo.as_py(), hi.as_py())
+        meta["weeks_added"] = dg.MetadataValue.text(", ".join(added) if added else "none")
         days, counts = _value_counts(dates)
         order = sorted(range(len(days)), key=days.__getitem__)
         png = daily_counts([days[i] for i in order], [counts[i] for i in order], "Clean transactions per day")

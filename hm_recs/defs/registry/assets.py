@@ -21,10 +21,12 @@ from hm_recs.registry.registry import (
     CHAMPION,
     RECOMMENDER,
     Candidate,
+    Decision,
     current_champion,
     load_champion,
     model_name,
     promote,
+    standing,
 )
 from hm_recs.registry.serving import (
     FALLBACK,
@@ -114,7 +116,10 @@ def model_comparison(context: AssetExecutionContext, lake: LakeResource, mlflow:
 
 class PromotionConfig(dg.Config):
     metric: str = "MAP@12"  # the Kaggle metric, on the validation week
-    min_improvement: float = 0.02  # relative: the candidate must beat the champion by 2 %
+    min_improvement: float = 0.02  # relative: another model family must beat the champion by 2 %
+    # relative: a refit of the champion's family on newer data is served unless it scores more than
+    # this below the champion (a broken refit), not an ordinary week-to-week swing
+    refit_tolerance: float = 0.25
 
 
 def _rescore_champion(champion, protocol, lk, week_start: str, tracking_uri: str) -> float | None:
@@ -148,21 +153,32 @@ def champion_promotion(config: PromotionConfig, lake: LakeResource, mlflow: MLfl
     eligible = eligible[eligible["model"] != "gru4rec_session"]  # the served GRU4Rec feeds the whole history
     if eligible.empty:
         return dg.AssetCheckResult(passed=False, metadata={"reason": "no registered model evaluated on the full validation week"})
-    best = eligible.sort_values([config.metric, "model"], ascending=[False, True]).iloc[0]
+    ranked = eligible.sort_values([config.metric, "model"], ascending=[False, True])
     split = load_time_split(lk)
     week = split.validation_start.isoformat()
     settings = mlflow.settings()
     champion = current_champion(settings)
     rescored = _rescore_champion(champion, evaluation_protocol.protocol(), lk, week, settings.tracking_uri)
-    name = best["registered_model"]
-    decision = promote(settings, Candidate(best["model"], name, facts[name]["version"], float(best[config.metric]), week),
-                       config.metric, config.min_improvement, rescored)
-    client = settings.client()
-    client.set_model_version_tag(RECOMMENDER, decision.version, "data_end", split.test_end.isoformat())
-    client.set_model_version_tag(RECOMMENDER, decision.version, "trained_before", split.test_start.isoformat())
+
+    def consider(row) -> Decision:
+        name = row["registered_model"]
+        return promote(settings, Candidate(row["model"], name, facts[name]["version"], float(row[config.metric]), week),
+                       config.metric, config.min_improvement, rescored, config.refit_tolerance)
+
+    # the best model first; when it does not take over, the champion's own family (refit on this
+    # week's data) is considered as a refresh
+    decisions = [consider(ranked.iloc[0])]
+    family = standing(champion, config.metric)
+    same = ranked[ranked["registered_model"] == (family.registered if family else None)]
+    if not decisions[0].promoted and len(same) and same.iloc[0]["registered_model"] != ranked.iloc[0]["registered_model"]:
+        decisions.append(consider(same.iloc[0]))
+    served = current_champion(settings)
     return dg.AssetCheckResult(
         passed=True,
-        metadata={"decision": dg.MetadataValue.json(decision.as_dict()), "outcome": "promoted to champion" if decision.promoted else "registered as challenger",
+        metadata={"decisions": dg.MetadataValue.json([d.as_dict() for d in decisions]),
+                  "outcome": "; ".join(f"{d.candidate}: {d.kind}" for d in decisions),
+                  "served": f"{RECOMMENDER} v{served.version} ({served.tags.get('model')}), trained on data before "
+                            f"{served.tags.get('trained_before', '?')}",
                   "ranking": dg.MetadataValue.md(markdown_table(pa.Table.from_pandas(eligible[["model", config.metric, "events"]], preserve_index=False)))},
     )
 
@@ -203,6 +219,8 @@ def recommendations(context: AssetExecutionContext, lake: LakeResource, mlflow: 
     meta = table_metadata(lk, RECOMMENDATIONS_TABLE, preview_rows=0)
     meta.update({
         "week": f"{start} .. {end}", "champion": f"{RECOMMENDER} v{champion.version} ({champion.tags.get('model')})",
+        "champion_trained_before": champion.tags.get("trained_before", "?"),
+        "champion_decision": champion.tags.get("decision_kind", "?"),
         "customers": len(preds), "cold_start_customers": int(preds["cold_start"].sum()), "cold_start_fallback": FALLBACK,
         "submission": dg.MetadataValue.path(str(path)),
         "sample": dg.MetadataValue.md(markdown_table(pa.Table.from_pandas(sample[["customer_id", "first_three", "cold_start"]], preserve_index=False))),

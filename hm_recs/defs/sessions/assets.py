@@ -24,10 +24,9 @@ GROUP = "sessions"
 
 def _week_range(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
     """First and last week start of the partitions this run materializes."""
-    window = context.partition_time_window
-    first = window.start.date()
-    last = window.end.date() - dt.timedelta(days=7)
-    return first, last
+    keys = context.partition_key_range
+    first, last = dt.date.fromisoformat(keys.start), dt.date.fromisoformat(keys.end)
+    return min(first, last), max(first, last)
 
 
 @dg.asset(

@@ -32,6 +32,7 @@ from hm_recs.models.vqgan_training import (
 )
 from hm_recs.paths import models_dir
 from hm_recs.plots import line_plot
+from hm_recs.profiles import TORCH_STEP
 
 IMAGE_TOKENS = "images/tokens"
 CODEBOOK = "images/codebook"
@@ -113,6 +114,7 @@ def _usable_images(lake, data_dir: str):
 @dg.asset(
     group_name="models",
     kinds={"pytorch"},
+    op_tags=TORCH_STEP,
     deps=[vqgan_base_model],
     check_specs=[dg.AssetCheckSpec("reconstruction_loss_decreased", asset="vqgan_finetuned_model")],
 )
@@ -230,6 +232,7 @@ class VQGANEvaluationConfig(dg.Config):
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch"},
+    op_tags=TORCH_STEP,
     deps=[vqgan_finetuned_model],
     check_specs=[dg.AssetCheckSpec("psnr_above_floor", asset="vqgan_evaluation")],
 )
@@ -264,6 +267,7 @@ class ImageTokensConfig(dg.Config):
 @dg.asset(
     group_name="models",
     kinds={"pytorch", "deltalake"},
+    op_tags=TORCH_STEP,
     deps=[vqgan_finetuned_model, image_manifest],
     check_specs=[dg.AssetCheckSpec("codebook_usage", asset="image_tokens", description="How many codebook entries the catalogue uses")],
 )
