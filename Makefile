@@ -4,7 +4,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-export DAGSTER_HOME := $(CURDIR)/state/dagster
+HM_STATE_DIR ?= $(CURDIR)/state
+export DAGSTER_HOME ?= $(HM_STATE_DIR)/dagster
 
 .PHONY: demo test ui mlflow-ui serve bench lint clean install
 
@@ -16,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+# copied once: an instance config edited in $(DAGSTER_HOME) is kept
+$(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 

@@ -4,7 +4,8 @@
 
 1. The state `make demo` leaves, but with the data's last week held back: the three jobs in process
    on the generated `small` sample (or ``--data``) with the run profile's settings.
-2. ``dagster-daemon run`` on that instance with every automation sensor switched on
+2. ``dagster-daemon run`` on that instance with every automation sensor switched on (the four
+   sensors; the schedule stays off)
    (``HM_PROFILE=<profile>``, ``HM_FILE_SETTLE_SECONDS=10``); the file sensor's first tick must start
    nothing (the file is what was ingested).
 3. The held-back week is appended to ``transactions_train.csv``; the daemon takes it from there:
@@ -29,7 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SENSORS = ["new_transaction_files", "sessionize_after_ingest", "retrain_after_sessionize", "record_run_failures"]
 INSTANCE_YAML = """run_coordinator:
   module: dagster._core.run_coordinator
   class: QueuedRunCoordinator
@@ -40,17 +40,12 @@ telemetry:
 """
 
 
-def prepare(args, work: Path) -> tuple[Path, str]:
-    """The data folder with the last week held back, and that week's start; the demo's state on it."""
+def prepare(source: Path, work: Path) -> tuple[Path, str]:
+    """The data folder with the last week held back, and that week's start."""
     import pandas as pd
 
     from hm_recs.defs.partitions import week_start
 
-    source = Path(args.data) if args.data else None
-    if source is None:
-        from hm_recs.demo import resolve_data_dir
-
-        source = resolve_data_dir(None, "small", 0)
     data = work / "data"
     data.mkdir(parents=True)
     for name in ("articles.csv", "customers.csv"):
@@ -81,36 +76,50 @@ def main() -> int:
     ap.add_argument("--data", default=None, help="a Kaggle-layout folder (default: the generated small sample)")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "weekly_cycle"))
     ap.add_argument("--timeout-minutes", type=float, default=45.0)
+    ap.add_argument("--reuse", action="store_true", help="keep a state prepared by an earlier call in --work (skip step 1)")
     args = ap.parse_args()
     work = Path(args.work)
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    home = work / "dagster"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(INSTANCE_YAML)
-    data, held = prepare(args, work)
+    home, data, marker = work / "dagster", work / "data", work / "prepared.json"
+    from hm_recs.demo import resolve_data_dir
+
+    source = Path(args.data) if args.data else resolve_data_dir(None, "small", 0)  # before HM_DATA_DIR points at the copy
     env = {**os.environ, "DAGSTER_HOME": str(home), "HM_STATE_DIR": str(work / "state"), "HM_DATA_DIR": str(data),
            "HM_PROFILE": args.profile, "HM_FILE_SETTLE_SECONDS": "10"}
     os.environ.update(env)
+    import json
 
     import dagster as dg
 
-    from hm_recs.definitions import defs as load_defs
-    from hm_recs.defs.resources import configured_lake
-    from hm_recs.demo import run_pipeline
-    from hm_recs.profiles import run_config
+    if not (args.reuse and marker.exists()):
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        home.mkdir()
+        (home / "dagster.yaml").write_text(INSTANCE_YAML)
+        data, held = prepare(source, work)
 
-    t = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
-        timings, results = run_pipeline(load_defs(), instance, configured_lake(), log=print, models=run_config(args.profile))
-    assert all(r.success for r in results.values()), {k: r.success for k, r in results.items()}
-    prepared = time.perf_counter() - t
+        from hm_recs.definitions import defs as load_defs
+        from hm_recs.defs.resources import configured_lake
+        from hm_recs.demo import run_pipeline
+        from hm_recs.profiles import run_config
+
+        t = time.perf_counter()
+        with dg.DagsterInstance.get() as instance:
+            timings, results = run_pipeline(load_defs(), instance, configured_lake(), log=print, models=run_config(args.profile))
+        assert all(r.success for r in results.values()), {k: r.success for k, r in results.items()}
+        marker.write_text(json.dumps({"held": held, "timings": timings, "seconds": time.perf_counter() - t}))
+    prep = json.loads(marker.read_text())
+    held, timings = prep["held"], prep["timings"]
+    import pandas as pd
+
+    full = pd.read_csv(work / "transactions_full.csv", dtype=str)
+    held_back = full[full["t_dat"] < held]
+    held_back.to_csv(data / "transactions_train.csv", index=False)  # as prepared (an earlier call may have appended)
     before = champion()
-    print(f"prepared in {prepared:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}); champion {before}", flush=True)
+    print(f"prepared in {prep['seconds']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}); champion {before}", flush=True)
 
     bin_dir = Path(sys.executable).parent
-    subprocess.run([str(bin_dir / "dagster"), "sensor", "start", "-w", str(ROOT / "workspace.yaml"), *SENSORS], env=env, cwd=ROOT,
+    subprocess.run([str(bin_dir / "dagster"), "sensor", "start", "--start-all", "-w", str(ROOT / "workspace.yaml")], env=env, cwd=ROOT,
                    check=True, capture_output=True)
     log = open(work / "daemon.log", "w")  # noqa: SIM115 - closed below
     daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")], env=env, cwd=ROOT,

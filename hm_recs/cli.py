@@ -8,6 +8,11 @@ from pathlib import Path
 
 from hm_recs.paths import default_synthetic_dir, shared_dir
 
+# `hm-recs validate` exit codes: 0 clean, 1 too many rejects, 2 bad arguments or a missing file,
+# 3 a file that cannot be read (corrupt, truncated, wrong header), 4 a table that would be empty
+EXIT_UNREADABLE, EXIT_EMPTY = 3, 4
+SCALE_NAMES = ("tiny", "small", "medium", "full")  # hm_recs.synth.generator.SCALES (a test keeps them equal)
+
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from hm_recs.synth.generator import SCALES, generate
@@ -59,7 +64,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             for row in rejects:
                 print(f"{row['source_file']}:{row['line']}: {row['reason']}")
         worst = max(r.reject_fraction for r in results)
-    return 1 if worst > args.max_reject_fraction else 0
+        empty = [r.table for r in results if r.rows_out == 0]
+    for table in empty:
+        print(f"WARNING: {table} would have no rows: ingesting this folder would empty it "
+              "(the pipeline refuses that unless allow_shrink is set)", file=sys.stderr)
+    if worst > args.max_reject_fraction:
+        return 1
+    return EXIT_EMPTY if empty else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -93,11 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="hm_recs: multimodal fashion recommendation on the H&M data (Dagster + Spark + Delta Lake).",
         epilog="The Dagster UI: `make ui`. Data: set HM_DATA_DIR to a Kaggle-layout folder.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from hm_recs import __version__
+
+    parser.add_argument("--version", action="version", version=f"hm-recs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("synth", help="generate a synthetic H&M dataset in the Kaggle layout")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--scale", default="small", help="tiny | small | medium | full (default: small)")
+    p.add_argument("--scale", default="small", choices=SCALE_NAMES, help="tiny | small | medium | full (default: small)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0); the same seed gives the same files")
     p.add_argument("--images", choices=["all", "none"], default="all", help="draw product photos (default: all)")
     p.add_argument("--workers", type=int, default=2, help="processes drawing images (default: 2)")
@@ -109,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where to write (default: the packaged calibration.json)")
     p.set_defaults(func=_cmd_calibrate)
 
-    p = sub.add_parser("validate", help="check a Kaggle-layout folder against the data contract and list rejects")
+    p = sub.add_parser("validate", help="check a Kaggle-layout folder against the data contract and list rejects",
+                       epilog="exit codes: 0 clean; 1 a table's reject fraction above --max-reject-fraction; 2 bad arguments or "
+                              "a missing file; 3 a file that cannot be read (corrupt, truncated, wrong header); 4 a table with no "
+                              "clean rows (ingesting it would empty the lake's table)")
     p.add_argument("data_dir", help="folder with articles, customers, transactions_train (.csv, .csv.gz or .parquet)")
     p.add_argument("--top", type=int, default=10, help="reasons to list per table (default: 10)")
     p.add_argument("--show", type=int, default=0, help="print the first N reject rows with file and line")
@@ -117,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("demo", help="materialize the pipeline on a generated sample (or HM_DATA_DIR) and print the metrics")
-    p.add_argument("--scale", default="small", help="synthetic scale when HM_DATA_DIR is not set (default: small)")
+    p.add_argument("--scale", default="small", choices=SCALE_NAMES, help="synthetic scale when HM_DATA_DIR is not set (default: small)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help=f"Kaggle-layout folder (default: $HM_DATA_DIR or {default_synthetic_dir()})")
     p.add_argument("--profile", default=None, choices=["paper", "cpu", "demo", "smoke"],
@@ -132,9 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `hm-recs` alone: the help, not an error
+        parser.print_help()
+        return 0
+    from hm_recs.data.reader import ContractError
+
     try:
         return args.func(args)
+    except ContractError as exc:  # a file that cannot be read under the contract (corrupt, wrong header)
+        print(f"hm-recs {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
     except (FileNotFoundError, ValueError) as exc:
         print(f"hm-recs {args.command}: {exc}", file=sys.stderr)
         return 2

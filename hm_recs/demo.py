@@ -20,12 +20,13 @@ RANGE_END = "dagster/asset_partition_range_end"
 
 
 def ensure_dagster_home() -> Path:
-    """``$DAGSTER_HOME`` (``./state/dagster`` by default) with the project's dagster.yaml in it."""
+    """``$DAGSTER_HOME`` (``$HM_STATE_DIR/dagster`` by default) with an instance config: the
+    project's dagster.yaml when it has none (an edited one is kept)."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(state_dir() / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
     source = PROJECT_ROOT / "dagster.yaml"
-    if source.exists() and (not target.exists() or target.read_bytes() != source.read_bytes()):
+    if source.exists() and not target.exists():
         shutil.copyfile(source, target)
     return home
 

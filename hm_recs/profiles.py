@@ -226,7 +226,17 @@ def narrowed(config: dict, assets: list[str] | None) -> dict:
     return {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in assets}}
 
 
-def executor_config(profile: str) -> dict:
-    """The multiprocess executor's settings: torch steps at most ``TORCH_STEPS_AT_ONCE`` at a time."""
+# how a profile's runs execute their steps: on a GPU machine a process per step (torch steps limited
+# by the tag below, the others alongside); on a CPU one every step in the run's own process, one after
+# another, as `make demo` runs them -- under the daemon a process per step cost 8-10 s of imports each
+# (26 steps: an automatic evaluate took 11.2 minutes against 6.9 in process, benchmarks/RESULTS.md)
+IN_PROCESS = {"paper": False, "cpu": True, "demo": True, "smoke": True}
+
+
+def executor_config(profile: str) -> dict | None:
+    """The multiprocess executor's settings (torch steps at most ``TORCH_STEPS_AT_ONCE`` at a time),
+    or None where the profile runs its steps in process."""
+    if IN_PROCESS.get(profile, True):
+        return None
     limit = TORCH_STEPS_AT_ONCE.get(profile, 1)
     return {"tag_concurrency_limits": [{"key": TORCH_TAG, "value": "torch", "limit": limit}]}

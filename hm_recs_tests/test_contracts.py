@@ -173,6 +173,21 @@ def test_a_file_over_the_reject_limit_leaves_the_clean_table_as_it_was(messy_dir
     assert third.kept_version is None and lake.count("clean/transactions") == 5
 
 
+def test_a_header_only_file_does_not_empty_the_clean_table_unless_allowed(messy_dir, tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    run_all(messy_dir, lake)
+    assert lake.count("clean/transactions") == 4
+    path = messy_dir / "transactions_train.csv"
+    write(path, [path.read_text().splitlines()[0]])
+    ingest.load_raw(messy_dir, TRANSACTIONS, lake)
+    known = (ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS))
+    refused = ingest.clean(TRANSACTIONS, lake, *known, max_reject_fraction=0.01, max_row_drop=0.5)
+    assert refused.rows_out == 0 and refused.dropped_fraction == 1.0 and refused.kept_version is not None
+    assert "4 before" in refused.refused and lake.count("clean/transactions") == 4
+    allowed = ingest.clean(TRANSACTIONS, lake, *known, max_reject_fraction=0.01, max_row_drop=None)  # allow_shrink
+    assert allowed.kept_version is None and lake.count("clean/transactions") == 0
+
+
 def test_gzipped_and_parquet_inputs_read_the_same(messy_dir, tmp_path):
     gz_dir = tmp_path / "gz"
     gz_dir.mkdir()
@@ -235,3 +250,29 @@ def test_line_numbers_survive_many_blocks(tmp_path):
         assert [int(p) for p in batch.column("price").to_pylist()] == batch.column("line").to_pylist()
     assert set(reject_lines) == bad
     assert sorted(good_lines + reject_lines) == list(range(2, 3002))
+
+
+def test_maintenance_finds_every_table_and_vacuums_what_no_version_needs(tmp_path):
+    import dagster as dg
+    import pyarrow as pa
+
+    from hm_recs.defs.maintenance import lake_maintenance
+    from hm_recs.defs.resources import LakeResource
+
+    lake = Lake(str(tmp_path / "lake"))
+    for i in range(3):
+        lake.write("clean/things", pa.table({"x": [i, i + 1]}))
+    lake.write("ops/other", pa.table({"y": [1]}))
+    assert lake.tables() == ["clean/things", "ops/other"]
+    parquet = lambda: sorted((tmp_path / "lake" / "clean" / "things").glob("*.parquet"))  # noqa: E731
+    assert len(parquet()) == 3
+    result = lake_maintenance.execute_in_process(
+        run_config={"ops": {"maintain_lake": {"config": {"retention_days": 0}}}},
+        resources={"lake": LakeResource(root=str(tmp_path / "lake"))},
+    )
+    assert result.success
+    assert len(parquet()) == 1 and lake.read("clean/things").column("x").to_pylist() == [2, 3]
+    from hm_recs.definitions import defs
+
+    schedule = defs().resolve_schedule_def("lake_maintenance")
+    assert schedule.job_name == "lake_maintenance" and schedule.default_status == dg.DefaultScheduleStatus.STOPPED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,11 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
         assert champion.tags["status"] == "champion"
         comparison = instance.get_latest_materialization_event(dg.AssetKey("model_comparison")).asset_materialization
         assert "MAP@12" in comparison.metadata["comparison"].value and "mlflow_run" in comparison.metadata
+        # one run per model, the same metric names on each: MLflow's compare view and search_runs rank them
+        ranked = client.search_runs([client.get_experiment_by_name("hm_recs").experiment_id], "metrics.test_MAP_at_12 >= 0")
+        names = {r.info.run_name for r in ranked}
+        assert {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_model", "bart_model_semantic_id"} <= names
+        assert all("test_MAP_at_12_ci_low" in r.data.metrics for r in ranked)
 
         # the Kaggle submission: every customer, 12 article ids each; the CLI on a known and an unknown id
         import pandas as pd
@@ -119,3 +125,31 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
 
 
 EXPECTED_ASSETS_KEYS = [dg.AssetKey(k) for k in EXPECTED_ASSETS]
+
+
+def test_bad_settings_fail_when_the_resources_are_built_naming_the_variable(monkeypatch):
+    from hm_recs.defs.resources import build_resources
+
+    for name, value, words in (
+        ("HM_NUM_DEVICES", "abc", "HM_NUM_DEVICES='abc' is not an integer"),
+        ("HM_PRECISION", "bogus", "HM_PRECISION: precision must be one of"),
+        ("HM_DEVICE", "cuda:7", "HM_DEVICE='cuda:7' with HM_NUM_DEVICES=1: torch sees"),
+        ("HM_SPARK_DRIVER_MEMORY", "abc", "HM_SPARK_DRIVER_MEMORY='abc' is not a JVM memory size"),
+        ("HM_PROFILE", "huge", "HM_PROFILE='huge' is not a run profile"),
+    ):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(ValueError, match=re.escape(words)):
+                build_resources()
+
+
+def test_every_asset_has_an_owner_a_code_version_and_described_checks():
+    from hm_recs.definitions import domain_code_version
+
+    graph = load_defs().get_repository_def().asset_graph
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.owners and node.code_version, key
+    assert graph.get(dg.AssetKey("clean_transactions")).owners == ["team:data-platform"]
+    assert graph.get(dg.AssetKey("gru4rec_model")).code_version == domain_code_version("models") != domain_code_version("ingest")
+    assert not [str(k) for k in graph.asset_check_keys if not graph.get_check_spec(k).description]

@@ -60,6 +60,18 @@ def test_help_lists_the_commands(capsys):
         assert cmd in out
 
 
+def test_cli_version_and_help_without_a_command(capsys):
+    from hm_recs import __version__
+    from hm_recs.cli import SCALE_NAMES
+    from hm_recs.synth.generator import SCALES
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"hm-recs {__version__}"
+    assert main([]) == 0 and "COMMAND" in capsys.readouterr().out
+    assert set(SCALE_NAMES) == set(SCALES)
+
+
 def test_console_script_runs():
     exe = Path(sys.executable).parent / "hm-recs"
     out = subprocess.run([str(exe), "synth", "--help"], capture_output=True, text=True, timeout=120)
@@ -77,5 +89,19 @@ def test_synth_and_validate_commands(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "d"), "--show", "1"]) == 1  # 500 of 12,500 rejected: over 1 %
     out = capsys.readouterr().out
     assert "customer_id: expected" in out and "transactions_train.csv:12002:" in out
-    assert main(["synth", "--out", str(tmp_path / "e"), "--scale", "huge"]) == 2
+    with pytest.raises(SystemExit) as exc:  # argparse refuses an unknown scale before any work
+        main(["synth", "--out", str(tmp_path / "e"), "--scale", "huge"])
+    assert exc.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "missing")]) == 2
+    header = (tmp_path / "d" / "transactions_train.csv").read_text().splitlines()[0]
+    (tmp_path / "d" / "transactions_train.csv").write_text(header + "\n")
+    assert main(["validate", str(tmp_path / "d")]) == 4  # header only: would empty the table
+    assert "WARNING: clean/transactions would have no rows" in capsys.readouterr().err
+    import gzip
+
+    body = gzip.compress((header + "\n" + "2020-09-22,abc,0108775015,0.01,2\n" * 20_000).encode())
+    (tmp_path / "d" / "transactions_train.csv").unlink()
+    (tmp_path / "d" / "transactions_train.csv.gz").write_bytes(body[: len(body) // 2])  # cut in the middle
+    assert main(["validate", str(tmp_path / "d")]) == 3
+    err = capsys.readouterr().err
+    assert "transactions_train.csv.gz: cannot be read" in err and "Traceback" not in err

@@ -86,7 +86,7 @@ def test_dagster_on_postgres_logging_to_an_mlflow_server_on_postgres(tiny_datase
             assert {r.run_id for r in again.get_runs()} >= run_ids
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in again.get_runs() if r.run_id in run_ids)
             ev = again.get_latest_materialization_event(dg.AssetKey("popularity_baselines"))
-            assert ev is not None and "mlflow_run" in ev.asset_materialization.metadata
+            assert ev is not None and set(ev.asset_materialization.metadata["mlflow_runs"].value) == {"all_time", "last_week", "time_decay"}
 
         client = MlflowClient(tracking, tracking)
         runs = client.search_runs([client.get_experiment_by_name("hm_recs").experiment_id])

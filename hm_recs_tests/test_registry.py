@@ -40,6 +40,37 @@ def test_runs_end_finished_or_failed_never_running(tracking):
     assert info.info.status == "FAILED" and "forced failure" in info.data.tags["error"]
 
 
+def test_runs_of_a_killed_dagster_run_are_closed_by_the_next_one(tracking):
+    from hm_recs.registry.tracking import close_orphaned_runs
+
+    client = tracking.client()
+    dead = client.create_run(tracking.experiment_id(), tags={"dagster.run_id": "dead"}).info.run_id  # kill -9: never ended
+    live = client.create_run(tracking.experiment_id(), tags={"dagster.run_id": "live"}).info.run_id
+    mine = client.create_run(tracking.experiment_id(), tags={"dagster.run_id": "me"}).info.run_id
+    assert close_orphaned_runs(tracking, lambda r: r == "live", current="me") == [dead]
+    assert client.get_run(dead).info.status == "KILLED" and "no longer running" in client.get_run(dead).data.tags["error"]
+    assert client.get_run(live).info.status == "RUNNING" and client.get_run(mine).info.status == "RUNNING"
+
+
+def test_the_local_instance_keeps_everything_under_dagster_home(tmp_path, monkeypatch):
+    from hm_recs.demo import ensure_dagster_home
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    home = ensure_dagster_home()
+    (home / "dagster.yaml").write_text((home / "dagster.yaml").read_text() + "# edited\n")
+    ensure_dagster_home()
+    assert (home / "dagster.yaml").read_text().endswith("# edited\n")  # an edited config is kept
+    with dg.DagsterInstance.get() as instance:
+        assert instance.run_monitoring_enabled
+        assert str(instance.storage_directory()).startswith(str(home))
+        assert str(instance.compute_log_manager._base_dir).startswith(str(home))
+        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+        assert {"key": "hm_recs/writes", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+    from hm_recs.definitions import defs
+
+    assert {defs().resolve_job_def(j).tags["hm_recs/writes"] for j in ("ingest", "sessionize")} == {"ingest", "sessions"}
+
+
 ARTICLES = pd.DataFrame({"article_idx": range(20), "article_id": [f"01080{i:05d}" for i in range(20)]})
 HISTORIES = pd.DataFrame({"customer_id": ["a" * 64, "b" * 64], "history": [np.array([3, 4], np.int32), np.array([5], np.int32)]})
 
@@ -64,13 +95,37 @@ def test_pyfunc_from_the_registry_predicts_valid_distinct_articles(tracking, tmp
     version = _popularity_version(tracking, tmp_path, [2, 2, 7])  # a short list with a duplicate
     promote(tracking, Candidate("pop_test", version.name, version.version, 0.1, "2020-09-09"), "MAP@12", 0.02)
     model = load_champion(tracking)
-    out = model.predict(pd.DataFrame({"customer_id": ["a" * 64, "unknown"]}))
-    assert list(out.columns) == ["customer_id", "prediction"]
+    out = model.predict(pd.DataFrame({"customer_id": ["a" * 64, "e" * 64]}))
+    assert list(out.columns) == ["customer_id", "prediction", "source", "ignored_history_ids"]
+    assert out["source"].tolist() == ["model", "fallback: unknown customer"]
     for row in out["prediction"].str.split():
         assert len(row) == 12 and len(set(row)) == 12 and set(row) <= set(ARTICLES["article_id"])
     # the model's list first, then the fallback (descending article_idx here)
     assert out["prediction"].iloc[0].split()[:3] == ["0108000002", "0108000007", "0108000019"]
     assert len(model.predict(pd.DataFrame({"customer_id": ["a" * 64]}), params={"k": 5})["prediction"].iloc[0].split()) == 5
+
+
+def test_bad_requests_get_a_clear_error_and_fallbacks_say_so(tracking, tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    version = _popularity_version(tracking, tmp_path, [2, 7])
+    promote(tracking, Candidate("pop_test", version.name, version.version, 0.1, "2020-09-09"), "MAP@12", 0.02)
+    model = load_champion(tracking)
+    for k, words in ((0, "from 1 to 20"), (21, "from 1 to 20"), (-3, "from 1 to 20")):
+        with pytest.raises(MlflowException, match=words):
+            model.predict(pd.DataFrame({"customer_id": ["a" * 64]}), params={"k": k})
+    # {"inputs": {"customer_id": [[id]]}}: MLflow's string column turns the list into "['...']"
+    with pytest.raises(MlflowException, match="row 1: customer_id must be 64 lowercase hex"):
+        model.predict(pd.DataFrame({"customer_id": ["a" * 64, str(["b" * 64])]}))
+    with pytest.raises(ValueError, match="row 0: customer_id must be one string, got list"):
+        model.unwrap_python_model().recommender.predict_frame(pd.DataFrame({"customer_id": [["b" * 64]]}))
+    out = model.unwrap_python_model().recommender.predict_frame(pd.DataFrame({
+        "customer_id": ["a" * 64, None, "c" * 64, "d" * 64],
+        "history": [None, None, ["0108000003", "9999999999"], ["9999999999"]],
+    }))
+    assert out["source"].tolist() == ["model", "fallback: no customer_id", "model", "fallback: no usable history"]
+    assert out["ignored_history_ids"].tolist() == ["", "", "9999999999", "9999999999"]
+    assert out["prediction"].iloc[2].split()[0] == "0108000002"  # the model's list, not the fallback
 
 
 def test_champion_moves_only_when_the_margin_is_met(tracking, tmp_path):
@@ -153,7 +208,8 @@ def test_run_profiles_choose_by_machine_and_narrow_the_evaluate_job(monkeypatch)
     assert selected_assets(demo, keys) == ["time_split", "bart_model_semantic_id", "bart_evaluation"]
     assert "bart_model_text_small" not in narrowed(demo, selected_assets(demo, keys))["ops"]
     assert selected_assets(run_config("paper"), keys) is None
-    assert executor_config("demo")["tag_concurrency_limits"] == [{"key": "hm_recs/compute", "value": "torch", "limit": 1}]
+    assert executor_config("demo") is None  # CPU profiles: every step in the run's process, one after another
+    assert executor_config("paper")["tag_concurrency_limits"] == [{"key": "hm_recs/compute", "value": "torch", "limit": 1}]
 
 
 def test_the_evaluate_job_opens_on_the_profile_and_runs_one_torch_step_at_a_time():
@@ -164,6 +220,7 @@ def test_the_evaluate_job_opens_on_the_profile_and_runs_one_torch_step_at_a_time
     d = defs()
     job = d.resolve_job_def("evaluate")
     assert job.tags["hm_recs/profile"] == PROFILE
+    assert job.executor_def.name == ("multiprocess" if PROFILE == "paper" else "in_process")
     assert job.run_config == run_config(PROFILE)  # the launchpad's default
     torch_steps = {k.to_user_string() for k, a in ((k, d.resolve_assets_def(k)) for k in job.asset_layer.selected_asset_keys)
                    if a.op.tags.get(TORCH_TAG) == "torch"}

@@ -180,6 +180,27 @@ class Lake:
     def version(self, name: str) -> int:
         return self.table(name).version()
 
+    def tables(self) -> list[str]:
+        """Every Delta table under the root (a folder holding ``_delta_log``), as lake names."""
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(self.root if "://" in self.root else str(Path(self.root).resolve()))
+        try:
+            found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        except OSError:
+            return []
+        logs = [f.path for f in found if f.type == pafs.FileType.Directory and f.path.endswith("/_delta_log")]
+        return sorted(p[len(root.rstrip("/")) + 1 : -len("/_delta_log")] for p in logs)
+
+    def maintain(self, name: str, retention_hours: int) -> dict[str, int]:
+        """Compact small files, then delete files no version younger than ``retention_hours`` needs
+        (old versions and the orphans of killed writes); time travel keeps working inside it."""
+        table = self.table(name)
+        compacted = table.optimize.compact()
+        removed = table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False)
+        return {"files_added": int(compacted.get("numFilesAdded", 0)), "files_compacted": int(compacted.get("numFilesRemoved", 0)),
+                "files_vacuumed": len(removed)}
+
     def restore(self, name: str, version: int) -> int:
         """Make ``version`` the table's content again, as a new commit (time travel keeps the
         rejected one); returns the new version."""

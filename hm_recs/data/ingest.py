@@ -45,7 +45,16 @@ class StepResult:
     version: int = -1
     rejects: Counter = field(default_factory=Counter)
     seconds: float = 0.0
-    kept_version: int | None = None  # too many rejects: the table was put back to this version
+    kept_version: int | None = None  # refused (too many rejects, or shrank): put back to this version
+    previous_rows: int | None = None  # the clean table's rows before this run (None: no table yet)
+    refused: str = ""  # why the new content was not kept
+
+    @property
+    def dropped_fraction(self) -> float:
+        """Share of the previous clean rows the new content lacks (0 when it grew or was the first)."""
+        if not self.previous_rows:
+            return 0.0
+        return max(0.0, 1.0 - self.rows_out / self.previous_rows)
 
     @property
     def rejected(self) -> int:
@@ -130,16 +139,20 @@ def clean(
     known_articles: pa.Array | None = None,
     known_customers: pa.Array | None = None,
     max_reject_fraction: float | None = None,
+    max_row_drop: float | None = None,
 ) -> StepResult:
     """Validate ``raw/<table>`` into ``clean/<table>``; every failing row goes to the rejects.
 
-    Above ``max_reject_fraction`` the new content is not kept: the clean table is restored to the
-    version before this run (``kept_version``), so downstream stages never read a file that failed
-    its check; the rejects table still says why."""
+    The new content is not kept above ``max_reject_fraction`` rejected rows, nor when it has lost
+    more than ``max_row_drop`` of the previous version's rows (a header-only or truncated file
+    would otherwise empty the table): the clean table is restored to the version before this run
+    (``kept_version``, ``refused`` says why), so downstream stages never read a file that failed its
+    check; the rejects table still says which rows were bad. None switches a guard off."""
     start = time.perf_counter()
     raw_name = raw_table_name(contract)
     result = StepResult(table=clean_table_name(contract), source=lake.uri(raw_name))
     before = lake.version(result.table) if lake.exists(result.table) else None
+    result.previous_rows = lake.count(result.table) if before is not None else None
     validator = TableValidator(contract, known_articles=known_articles, known_customers=known_customers)
     rejects: list[Reject] = []
     parse_rejects = _count_rejects(lake, contract.name, "parse")
@@ -165,7 +178,12 @@ def clean(
     result.rejects = Counter(_reason_kind(r.reason) for r in rejects)
     result.rejects.update(parse_rejects)
     result.rows_in += sum(parse_rejects.values())
-    if max_reject_fraction is not None and result.reject_fraction > max_reject_fraction and before is not None:
+    if max_reject_fraction is not None and result.reject_fraction > max_reject_fraction:
+        result.refused = f"{result.reject_fraction:.2%} of the rows rejected (limit {max_reject_fraction:.2%})"
+    elif max_row_drop is not None and result.dropped_fraction > max_row_drop:
+        result.refused = (f"{result.rows_out:,} clean rows against {result.previous_rows:,} before: "
+                          f"{result.dropped_fraction:.1%} of the table would disappear (limit {max_row_drop:.0%})")
+    if result.refused and before is not None:
         result.version = lake.restore(result.table, before)
         result.kept_version = before
     result.seconds = time.perf_counter() - start

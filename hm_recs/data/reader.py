@@ -75,6 +75,8 @@ def _read_csv(path: Path, contract: TableContract, block_size: int):
         )
     except pa.ArrowInvalid as exc:
         raise ContractError(f"{path}: cannot read as CSV: {exc}") from exc
+    except (OSError, EOFError) as exc:  # a corrupt or truncated .gz, an unreadable file
+        raise ContractError(f"{path}: cannot be read (corrupt or truncated?): {exc}") from exc
     header = reader.schema.names
     if header != names:
         missing = [n for n in names if n not in header]
@@ -92,6 +94,8 @@ def _read_csv(path: Path, contract: TableContract, block_size: int):
             batch = reader.read_next_batch()
         except StopIteration:
             break
+        except (OSError, EOFError) as exc:
+            raise ContractError(f"{path}: cannot be read past line {next_line} (corrupt or truncated?): {exc}") from exc
         pending.extend(invalid)
         invalid.clear()
         lines, next_line, consumed = _assign_lines(batch, next_line, pending)

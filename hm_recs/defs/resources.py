@@ -19,7 +19,9 @@ run profile            ``auto`` (paper on a GPU, demo)  ``HM_PROFILE`` (``hm_rec
 
 
 import contextlib
+import dataclasses
 import os
+import re
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -30,7 +32,7 @@ from hm_recs.data.delta import Lake
 from hm_recs.evaluation.protocol import EvaluationProtocol
 from hm_recs.paths import default_lake_uri, default_synthetic_dir, default_tracking_uri, mlflow_dir, state_dir
 from hm_recs.profiles import AUTO, TORCH_STEPS_AT_ONCE, resolve_profile
-from hm_recs.registry.tracking import TrackingSettings, tracked_run
+from hm_recs.registry.tracking import TrackingSettings, close_orphaned_runs, tracked_run
 from hm_recs.sessions.spark import spark_conf
 
 
@@ -139,6 +141,14 @@ class MLflowResource(dg.ConfigurableResource):
             "dagster.run_id": context.run.run_id, "dagster.asset_key": key, "dagster.job": context.job_name,
             "dagster.partition": context.partition_key if context.has_partition_key else None,
         }
+        instance = context.instance
+
+        def alive(run_id: str) -> bool:  # a run this instance does not know is left alone
+            other = instance.get_run_by_id(run_id)
+            return other is None or not other.is_finished
+
+        for killed in close_orphaned_runs(self.settings(), alive, context.run.run_id):
+            context.log.warning(f"MLflow run {killed} belonged to a Dagster run that died: marked KILLED")
         with tracked_run(self.settings(), name or key or context.op.name, tags) as run:
             if lake is not None and tables:
                 run.log_inputs({t: (lake.uri(t), lake.version(t)) for t in tables if lake.exists(t)})
@@ -213,14 +223,45 @@ def torch_threads(profile: str) -> int:
     return max(1, (os.cpu_count() or 1) // TORCH_STEPS_AT_ONCE.get(profile, 1))
 
 
+def _int_env(name: str, default: str) -> int:
+    value = os.environ.get(name, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+
+
+def checked_compute(device: str, num_devices: int, precision: str) -> DeviceSpec:
+    """The compute settings, checked before any work: a bad value names its variable."""
+    try:
+        spec = DeviceSpec(device, num_devices, precision)
+    except ValueError as exc:
+        raise ValueError(f"HM_DEVICE / HM_NUM_DEVICES / HM_PRECISION: {exc}") from None
+    if device.startswith("cuda"):
+        import torch
+
+        have = torch.cuda.device_count()
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index + num_devices > max(have, 0) or have == 0:
+            raise ValueError(f"HM_DEVICE={device!r} with HM_NUM_DEVICES={num_devices}: torch sees {have} CUDA device(s)")
+    return spec
+
+
+def checked_spark_memory(value: str) -> str:
+    if not re.fullmatch(r"\d+[kmgtKMGT]?", value):
+        raise ValueError(f"HM_SPARK_DRIVER_MEMORY={value!r} is not a JVM memory size (e.g. 4g, 512m)")
+    return value
+
+
 def build_resources() -> dict[str, object]:
+    profile = configured_profile()  # checked here too: a bad HM_PROFILE fails before any work
     aws = {k: dg.EnvVar(env) for k, env in _AWS_ENV if os.environ.get(env)}
     return {
         "hm_data": HMDataResource(data_dir=_env_or("HM_DATA_DIR", str(default_synthetic_dir())),
-                                  settle_seconds=int(os.environ.get("HM_FILE_SETTLE_SECONDS", "60"))),
+                                  settle_seconds=_int_env("HM_FILE_SETTLE_SECONDS", "60")),
         "lake": LakeResource(root=_env_or("HM_LAKE_URI", default_lake_uri()), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws),
         "pyspark": PySparkResource(
-            spark_config=spark_conf(driver_memory=os.environ.get("HM_SPARK_DRIVER_MEMORY", "4g"))
+            spark_config=spark_conf(driver_memory=checked_spark_memory(os.environ.get("HM_SPARK_DRIVER_MEMORY", "4g")))
         ),
         "evaluation_protocol": EvaluationProtocolResource(),
         "bart": BartResource(pretrained=os.environ.get("HM_BART_PRETRAINED") or None, size=os.environ.get("HM_BART_SIZE", "tiny")),
@@ -231,10 +272,9 @@ def build_resources() -> dict[str, object]:
             ui_url=os.environ.get("HM_MLFLOW_UI", "http://127.0.0.1:5000"),
         ),
         "compute": ComputeResource(
-            device=os.environ.get("HM_DEVICE", "auto"),
-            num_devices=int(os.environ.get("HM_NUM_DEVICES", "1")),
-            precision=os.environ.get("HM_PRECISION", "32-true"),
-            threads=int(os.environ.get("HM_TORCH_THREADS", "0")) or torch_threads(configured_profile()),
+            **dataclasses.asdict(checked_compute(os.environ.get("HM_DEVICE", "auto"), _int_env("HM_NUM_DEVICES", "1"),
+                                                 os.environ.get("HM_PRECISION", "32-true"))),
+            threads=_int_env("HM_TORCH_THREADS", "0") or torch_threads(profile),
         ),
     }
 

@@ -2,8 +2,10 @@
 
 A recommender's ``predict`` takes a frame of ``customer_id`` (and optionally ``history``, the
 customer's purchases as article ids, oldest first, overriding the stored one) and returns
-``customer_id, prediction`` with ``k`` (default 12) space-separated article ids: the Kaggle
-submission row. So ``mlflow models serve -m models:/hm_recs_recommender@champion --env-manager local``
+``customer_id, prediction`` with ``k`` (default 12) space-separated article ids (the Kaggle
+submission row), ``source`` (``model`` or why the fallback answered) and ``ignored_history_ids``
+(given ids not in the catalogue). A bad request (``k`` outside 1..catalogue size, a customer id
+that is not one string) is a 400 whose message names the row and field. So ``mlflow models serve -m models:/hm_recs_recommender@champion --env-manager local``
 answers recommendation requests over REST.
 
 Every recommender bundle holds the catalogue (``article_idx -> article_id``), each known customer's
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -28,10 +31,13 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from hm_recs.data.schema import CUSTOMER_ID_PATTERN
+
 # MLflow asks every PythonModel subclass for type hints at class creation; the signatures here are explicit
 warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
 KINDS = ("popularity", "gru4rec", "bart")
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 DEFAULT_K = 12
 
 
@@ -132,6 +138,7 @@ class BundleRecommender:
         return customer_id in self.histories
 
     def history_of(self, customer_id: str, override: Sequence[str] | None = None) -> np.ndarray:
+        """The given history's catalogue indices (unknown ids dropped), else the stored one."""
         if override is not None and len(override) > 0:
             idx = [self.index_of.get(str(a), -1) for a in override]
             return np.asarray([i for i in idx if i >= 0], np.int64)
@@ -152,11 +159,74 @@ class BundleRecommender:
         return out
 
     def predict_frame(self, frame: pd.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
-        ids = frame["customer_id"].astype(str).tolist()
-        override = frame["history"].tolist() if "history" in frame.columns else [None] * len(ids)
-        histories = [self.history_of(c, o if isinstance(o, list | tuple | np.ndarray) else None) for c, o in zip(ids, override, strict=True)]
+        """``customer_id, prediction, source, ignored_history_ids``: ``source`` says where a list
+        comes from (``model``, or ``fallback`` with the reason: unknown customer, no history, no
+        id), ``ignored_history_ids`` the ids of a given history that are not in the catalogue.
+        Raises ``InvalidRequest`` (the message names the row and field) for a ``k`` outside
+        1..catalogue size, a ``customer_id`` that is not one string, or a ``history`` that is not a
+        list of strings."""
+        k = validate_k(k, len(self.article_ids))
+        if "customer_id" not in frame.columns:
+            raise InvalidRequest(f"the request has no customer_id column (columns: {list(frame.columns)})")
+        ids, sources, ignored, histories = [], [], [], []
+        override = frame["history"].tolist() if "history" in frame.columns else [None] * len(frame)
+        for row, (cid, given) in enumerate(zip(frame["customer_id"].tolist(), override, strict=True)):
+            cid = _customer_id(cid, row)
+            given = _history_ids(given, row)
+            bad = [a for a in given or () if a not in self.index_of]
+            history = self.history_of(cid or "", given)
+            ids.append(cid or "")
+            ignored.append(" ".join(bad))
+            if len(history):
+                sources.append("model")
+            elif cid is None:
+                sources.append("fallback: no customer_id")
+            elif given is None and not self.known(cid):
+                sources.append("fallback: unknown customer")
+            else:
+                sources.append("fallback: no usable history")
+            histories.append(history)
         top = self.recommend(ids, histories, k)
-        return pd.DataFrame({"customer_id": ids, "prediction": [" ".join(self.article_ids[row]) for row in top]})
+        return pd.DataFrame({"customer_id": ids, "prediction": [" ".join(self.article_ids[row]) for row in top],
+                             "source": sources, "ignored_history_ids": ignored})
+
+
+class InvalidRequest(ValueError):
+    """A request the recommender cannot answer; the message says which row and field."""
+
+
+def validate_k(k, n_items: int) -> int:
+    """``k`` as an int in 1..n_items, or InvalidRequest."""
+    try:
+        value = int(k)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"k must be an integer, got {k!r}") from None
+    if value != k and not isinstance(k, str) or not 1 <= value <= n_items:
+        raise InvalidRequest(f"k must be an integer from 1 to {n_items} (the catalogue's size), got {k!r}")
+    return value
+
+
+def _customer_id(value, row: int) -> str | None:
+    """A customer id as a string; None for a missing one; InvalidRequest for anything else."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"row {row}: customer_id must be one string, got {type(value).__name__} {str(value)[:80]}")
+    if not _CUSTOMER_ID.match(value):  # also catches a list MLflow's schema turned into "['...']"
+        raise InvalidRequest(f"row {row}: customer_id must be 64 lowercase hex characters as in customers.csv, got {value[:80]!r}")
+    return value
+
+
+def _history_ids(value, row: int) -> list[str] | None:
+    """A given history as a list of article-id strings (None or empty: use the stored one)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str) or not isinstance(value, list | tuple | np.ndarray):
+        raise InvalidRequest(f"row {row}: history must be a list of article ids, got {type(value).__name__}")
+    items = list(value)
+    if not all(isinstance(a, str) for a in items):
+        raise InvalidRequest(f"row {row}: history must hold article ids as strings (e.g. \"0108775015\")")
+    return items or None
 
 
 def _fill(ranked: np.ndarray, fallback: np.ndarray, k: int, n_items: int) -> np.ndarray:
@@ -180,9 +250,14 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         self.recommender = BundleRecommender(Path(context.artifacts["bundle"]))
 
     def predict(self, context, model_input, params=None):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        k = int((params or {}).get("k", DEFAULT_K))
-        return self.recommender.predict_frame(frame, k)
+        try:
+            return self.recommender.predict_frame(frame, (params or {}).get("k", DEFAULT_K))
+        except InvalidRequest as exc:  # a 400 with this message, not a stack trace
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 class VQGANPyfunc(mlflow.pyfunc.PythonModel):
@@ -214,7 +289,8 @@ def recommender_signature():
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", "customer_id"), ColSpec(Array("string"), "history", required=False)]),
-        outputs=Schema([ColSpec("string", "customer_id"), ColSpec("string", "prediction")]),
+        outputs=Schema([ColSpec("string", "customer_id"), ColSpec("string", "prediction"), ColSpec("string", "source"),
+                        ColSpec("string", "ignored_history_ids")]),
         params=ParamSchema([ParamSpec("k", "long", DEFAULT_K)]),
     )
 

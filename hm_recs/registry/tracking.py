@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,3 +146,20 @@ def tracked_run(settings: TrackingSettings, run_name: str, tags: Mapping[str, ob
         client.set_terminated(run.info.run_id, "FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def close_orphaned_runs(settings: TrackingSettings, is_alive: Callable[[str], bool], current: str | None = None) -> list[str]:
+    """End as KILLED every RUNNING run whose Dagster run (``dagster.run_id`` tag) is no longer alive:
+    a step killed with -9 never reached its ``finally``. ``is_alive(dagster_run_id)`` answers from
+    the Dagster instance; ``current`` (the calling run) is never touched. Returns the ended run ids."""
+    client = settings.client()
+    found = client.search_runs([settings.experiment_id()], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    ended = []
+    for r in found:
+        owner = r.data.tags.get("dagster.run_id")
+        if owner is None or owner == current or is_alive(owner):
+            continue
+        client.set_tag(r.info.run_id, "error", f"its Dagster run {owner} is no longer running (killed); closed by a later run")
+        client.set_terminated(r.info.run_id, "KILLED")
+        ended.append(r.info.run_id)
+    return ended

@@ -245,7 +245,7 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
         op_tags=TORCH_STEP,
         deps=[bart_training_sequences],
         check_specs=[
-            dg.AssetCheckSpec("training_loss_decreased", asset=f"bart_model_{variant}"),
+            dg.AssetCheckSpec("training_loss_decreased", asset=f"bart_model_{variant}", description="The training loss at the end is below the loss at the start (a model that trains)"),
             dg.AssetCheckSpec(
                 "generations_are_distinct",
                 asset=f"bart_model_{variant}",

@@ -88,8 +88,8 @@ def model_folder(variant: str, week_start) -> Path:
     op_tags=TORCH_STEP,
     deps=[*bart_models.values(), item_index, evaluation_events, popularity_baselines, gru4rec_model],
     check_specs=[
-        dg.AssetCheckSpec("metrics_are_sane", asset="bart_evaluation"),
-        dg.AssetCheckSpec("lists_are_valid_distinct_articles", asset="bart_evaluation"),
+        dg.AssetCheckSpec("metrics_are_sane", asset="bart_evaluation", description="Every metric in [0, 1], its value inside its bootstrap interval, none NaN"),
+        dg.AssetCheckSpec("lists_are_valid_distinct_articles", asset="bart_evaluation", description="Every BART list holds distinct real articles (coverage above zero on both weeks)"),
     ],
 )
 def bart_evaluation(

@@ -13,7 +13,7 @@ from hm_recs.baselines.popularity import VARIANTS, PopularityRecommender
 from hm_recs.data.delta import Lake
 from hm_recs.defs.ingest.assets import article_features, customer_features
 from hm_recs.defs.metadata import markdown_table, table_metadata
-from hm_recs.defs.registry.logged_models import log_recommender, mlflow_metadata
+from hm_recs.defs.registry.logged_models import log_recommender
 from hm_recs.defs.resources import LakeResource, MLflowResource
 from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
@@ -33,26 +33,27 @@ class PopularityConfig(dg.Config):
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[sessions, time_split, article_features, customer_features],
-    check_specs=[dg.AssetCheckSpec("lists_are_valid_articles", asset="popularity_baselines")],
+    check_specs=[dg.AssetCheckSpec("lists_are_valid_articles", asset="popularity_baselines", description="Every stored popularity ranking holds catalogue articles only")],
 )
 def popularity_baselines(context: AssetExecutionContext, config: PopularityConfig, lake: LakeResource, mlflow: MLflowResource) -> dg.MaterializeResult:
     """Top articles by popularity for each variant, fit once per cutoff: before the validation week
     (for tuning), before the test week (training + validation data) and on every week (the list
     served next week). Each variant's serving list is registered in MLflow as ``hm_recs_pop_<variant>``."""
     lk = lake.lake()
-    with mlflow.run(context, "popularity_baselines", lk, (SESSIONS_TABLE, ARTICLE_FEATURES)) as run:
-        run.log_params({"half_life_days": config.half_life_days, "list_length": LIST_LENGTH, "variants": list(VARIANTS)})
-        meta, check = _fit_popularity(config, lk)
-        split = load_time_split(lk)
-        versions = {}
-        for variant in VARIANTS:
+    meta, check = _fit_popularity(config, lk)
+    split = load_time_split(lk)
+    versions, links = {}, {}
+    for variant in VARIANTS:  # one MLflow run per model, so runs compare one to one
+        with mlflow.run(context, f"pop_{variant}", lk, (SESSIONS_TABLE, ARTICLE_FEATURES)) as run:
+            run.log_params({"variant": variant, "half_life_days": config.half_life_days, "list_length": LIST_LENGTH})
             model = load_popularity(lk, variant, "serving")
             with tempfile.TemporaryDirectory() as tmp:
                 np.save(Path(tmp) / "ranking.npy", model.ranking)
                 versions[variant] = log_recommender(run, lk, "popularity", f"pop_{variant}", {"variant": variant},
                                                     {"ranking.npy": Path(tmp) / "ranking.npy"}, trained_before=split.cutoff("serving"))
-        meta.update(mlflow_metadata(mlflow, run))
-        meta["registered_models"] = dg.MetadataValue.json({v: f"{mv.name} v{mv.version}" for v, mv in versions.items()})
+            links[variant] = mlflow.run_url(run)
+    meta["mlflow_runs"] = dg.MetadataValue.json(links)
+    meta["registered_models"] = dg.MetadataValue.json({v: f"{mv.name} v{mv.version}" for v, mv in versions.items()})
     return dg.MaterializeResult(metadata=meta, check_results=[check])
 
 

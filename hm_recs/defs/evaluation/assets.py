@@ -38,7 +38,7 @@ def protocol_metadata(protocol: EvaluationProtocol) -> dict:
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[sessions, time_split, article_features, customer_features],
-    check_specs=[dg.AssetCheckSpec("both_weeks_have_events", asset="evaluation_events")],
+    check_specs=[dg.AssetCheckSpec("both_weeks_have_events", asset="evaluation_events", description="The validation and the test week both have next-item events and MAP@12 customers")],
 )
 def evaluation_events(lake: LakeResource, evaluation_protocol: EvaluationProtocolResource) -> dg.MaterializeResult:
     """The next-item prediction events and MAP@12 customers of the validation and test weeks that
@@ -75,7 +75,7 @@ def metrics_are_sane(results) -> tuple[bool, dict]:
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[popularity_baselines, evaluation_events],
-    check_specs=[dg.AssetCheckSpec("metrics_are_sane", asset="popularity_evaluation")],
+    check_specs=[dg.AssetCheckSpec("metrics_are_sane", asset="popularity_evaluation", description="Every metric in [0, 1], its value inside its bootstrap interval, none NaN")],
 )
 def popularity_evaluation(lake: LakeResource, evaluation_protocol: EvaluationProtocolResource) -> dg.MaterializeResult:
     """The popularity baselines on the validation and test weeks: Recall / MRR / NDCG at 1, 3, 5,

@@ -78,7 +78,7 @@ class GRU4RecTrainingConfig(dg.Config):
     kinds={"pytorch"},
     op_tags=TORCH_STEP,
     deps=[sessions, time_split, article_features],
-    check_specs=[dg.AssetCheckSpec("training_loss_decreased", asset="gru4rec_model")],
+    check_specs=[dg.AssetCheckSpec("training_loss_decreased", asset="gru4rec_model", description="The training loss at the end is below the loss at the start (a model that trains)")],
 )
 def gru4rec_model(
     context: AssetExecutionContext, config: GRU4RecTrainingConfig, lake: LakeResource, compute: ComputeResource, mlflow: MLflowResource
@@ -174,7 +174,7 @@ def table2_markdown(rows: dict[str, dict]) -> str:
     deps=[gru4rec_model, evaluation_events, popularity_baselines],
     check_specs=[
         dg.AssetCheckSpec("beats_pop_on_validation", asset="gru4rec_evaluation", description="Recall@20 on the validation week above the paper's POP (all-time popularity)"),
-        dg.AssetCheckSpec("metrics_are_sane", asset="gru4rec_evaluation"),
+        dg.AssetCheckSpec("metrics_are_sane", asset="gru4rec_evaluation", description="Every metric in [0, 1], its value inside its bootstrap interval, none NaN"),
     ],
 )
 def gru4rec_evaluation(

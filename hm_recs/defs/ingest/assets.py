@@ -22,6 +22,13 @@ GROUP = "ingest"
 
 class CleanConfig(dg.Config):
     max_reject_fraction: float = 0.01  # the check fails above this share of rejected rows
+    # the check fails when the new content lacks more than this share of the previous version's rows
+    # (a header-only or truncated file); allow_shrink accepts a deliberate shrink once
+    max_row_drop: float = 0.5
+    allow_shrink: bool = False
+
+    def guards(self) -> dict:
+        return {"max_reject_fraction": self.max_reject_fraction, "max_row_drop": None if self.allow_shrink else self.max_row_drop}
 
 
 class ImageManifestConfig(dg.Config):
@@ -48,7 +55,7 @@ def _step_metadata(result: ingest.StepResult, lake) -> dict:
     )
     if result.kept_version is not None:
         meta["kept_version"] = dg.MetadataValue.text(
-            f"too many rejects: {result.table} put back to version {result.kept_version} (this file's rows are not used)")
+            f"{result.refused}: {result.table} put back to version {result.kept_version} (this file's rows are not used)")
     if result.rejects:
         rows = "\n".join(f"| {reason} | {n} |" for reason, n in result.rejects.most_common())
         meta["rejects_by_reason"] = dg.MetadataValue.md("| reason | rows |\n|---|---|\n" + rows)
@@ -81,6 +88,22 @@ raw_customers = _raw_asset(CUSTOMERS)
 raw_transactions = _raw_asset(TRANSACTIONS)
 
 
+def _checks(result: ingest.StepResult, asset: str, config: CleanConfig) -> list[dg.AssetCheckResult]:
+    """The reject-fraction and row-drop checks of one clean step (both blocking)."""
+    limit = None if config.allow_shrink else config.max_row_drop
+    drop = dg.AssetCheckResult(
+        asset_key=asset,
+        check_name="row_count_did_not_drop",
+        passed=limit is None or result.dropped_fraction <= limit,
+        description=f"{result.rows_out:,} clean rows from {result.source}; {result.previous_rows if result.previous_rows is not None else 'no'} "
+                    f"before ({result.dropped_fraction:.1%} fewer, limit {'off' if limit is None else f'{limit:.0%}'}; "
+                    "allow_shrink: true accepts a deliberate shrink)",
+        metadata={"rows": result.rows_out, "previous_rows": result.previous_rows if result.previous_rows is not None else -1,
+                  "dropped_fraction": result.dropped_fraction},
+    )
+    return [_reject_check(result, asset, config), drop]
+
+
 def _reject_check(result: ingest.StepResult, asset: str, config: CleanConfig) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         asset_key=asset,
@@ -105,23 +128,30 @@ def _reject_spec(asset: str) -> list[dg.AssetCheckSpec]:
             description="Rejected rows (parse + validation) are at most max_reject_fraction of the input; "
             "blocking: above it the clean table keeps its previous version and nothing downstream runs",
             blocking=True,
-        )
+        ),
+        dg.AssetCheckSpec(
+            "row_count_did_not_drop",
+            asset=asset,
+            description="The new content keeps at least 1 - max_row_drop of the previous version's rows; blocking: "
+            "a header-only or truncated file leaves the table as it was (allow_shrink overrides)",
+            blocking=True,
+        ),
     ]
 
 
 @dg.asset(group_name=GROUP, kinds={"deltalake"}, deps=[raw_articles], check_specs=_reject_spec("clean_articles"))
 def clean_articles(config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Articles typed and validated: 10-digit unique ids, product code matching, integer codes."""
-    result = ingest.clean(ARTICLES, lake.lake(), max_reject_fraction=config.max_reject_fraction)
-    return dg.MaterializeResult(metadata=_step_metadata(result, lake.lake()), check_results=[_reject_check(result, "clean_articles", config)])
+    result = ingest.clean(ARTICLES, lake.lake(), **config.guards())
+    return dg.MaterializeResult(metadata=_step_metadata(result, lake.lake()), check_results=_checks(result, "clean_articles", config))
 
 
 @dg.asset(group_name=GROUP, kinds={"deltalake"}, deps=[raw_customers], check_specs=_reject_spec("clean_customers"))
 def clean_customers(config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Customers typed and validated: 64-hex unique ids, known statuses, ages in [0, 120]."""
-    result = ingest.clean(CUSTOMERS, lake.lake(), max_reject_fraction=config.max_reject_fraction)
+    result = ingest.clean(CUSTOMERS, lake.lake(), **config.guards())
     return dg.MaterializeResult(
-        metadata=_step_metadata(result, lake.lake()), check_results=[_reject_check(result, "clean_customers", config)]
+        metadata=_step_metadata(result, lake.lake()), check_results=_checks(result, "clean_customers", config)
     )
 
 
@@ -138,7 +168,7 @@ def clean_transactions(context: AssetExecutionContext, config: CleanConfig, lake
     lk = lake.lake()
     result = ingest.clean(
         TRANSACTIONS, lk, known_articles=ingest.key_values(lk, ARTICLES), known_customers=ingest.key_values(lk, CUSTOMERS),
-        max_reject_fraction=config.max_reject_fraction,
+        **config.guards(),
     )
     meta = _step_metadata(result, lk)
     dates = lk.read(ingest.clean_table_name(TRANSACTIONS), columns=["t_dat"]).column(0)
@@ -152,7 +182,7 @@ def clean_transactions(context: AssetExecutionContext, config: CleanConfig, lake
         order = sorted(range(len(days)), key=days.__getitem__)
         png = daily_counts([days[i] for i in order], [counts[i] for i in order], "Clean transactions per day")
         meta.update(image_metadata(png, "daily_transactions", "Transactions per day"))
-    return dg.MaterializeResult(metadata=meta, check_results=[_reject_check(result, "clean_transactions", config)])
+    return dg.MaterializeResult(metadata=meta, check_results=_checks(result, "clean_transactions", config))
 
 
 @dg.asset(

@@ -105,6 +105,8 @@ def model_comparison(context: AssetExecutionContext, lake: LakeResource, mlflow:
     meta["comparison"] = dg.MetadataValue.md(markdown_table(pa.Table.from_pandas(shown.drop(columns=["registered_model"]), preserve_index=False))
                                              + "\n\nEvery row is scored on the same protocol; `events` below the week's full count means a seeded sample (BART on CPU).")
     meta.update(image_metadata(chart, "model_comparison_map12", "MAP@12 on the test week"))
+    logged = log_model_metrics(mlflow.settings(), metrics, {n: f["run_id"] for n, f in facts.items()})
+    meta["metrics_on_model_runs"] = dg.MetadataValue.json(logged)
     with mlflow.run(context, "model_comparison", lk, (METRICS_TABLE,)) as run:
         run.log_text(frame.to_csv(index=False), "model_comparison.csv")
         run.log_image(chart, "model_comparison_map12.png")
@@ -112,6 +114,28 @@ def model_comparison(context: AssetExecutionContext, lake: LakeResource, mlflow:
             run.log_metrics({f"{r['split']}.{r['model']}.{m}": r[m] for m in COMPARED if m in r and not pd.isna(r[m])})
         meta.update(mlflow_metadata(mlflow, run))
     return dg.MaterializeResult(metadata=meta)
+
+
+def log_model_metrics(settings, metrics: pd.DataFrame, runs: dict[str, str]) -> dict[str, str]:
+    """Every model's protocol metrics on its own registered run, under the same names for every
+    model (``test_MAP_at_12``, ``validation_Recall_at_20``, ... with ``_ci_low`` / ``_ci_high``), so
+    MLflow's compare view and ``search_runs`` rank models directly. GRU4Rec's served mode (warm)
+    takes the plain names; its session mode is logged with a ``session_`` prefix."""
+    from hm_recs.registry.tracking import TrackedRun
+
+    done = {}
+    for model, rows in metrics.groupby("model"):
+        name = registered_name(model)
+        if name not in runs:
+            continue
+        prefix = "session_" if model == "gru4rec_session" else ""
+        values = {}
+        for r in rows.to_dict("records"):
+            key = f"{prefix}{r['split']}_{r['metric'].replace('@', '_at_')}"
+            values.update({key: r["value"], f"{key}_ci_low": r["ci_low"], f"{key}_ci_high": r["ci_high"]})
+        TrackedRun(settings, runs[name]).log_metrics({k: float(v) for k, v in values.items() if v == v})
+        done[model] = runs[name]
+    return done
 
 
 class PromotionConfig(dg.Config):
@@ -187,7 +211,7 @@ def champion_promotion(config: PromotionConfig, lake: LakeResource, mlflow: MLfl
     group_name="serving",
     kinds={"deltalake", "mlflow"},
     deps=[model_comparison],
-    check_specs=[dg.AssetCheckSpec("every_customer_gets_12_distinct_articles", asset="recommendations")],
+    check_specs=[dg.AssetCheckSpec("every_customer_gets_12_distinct_articles", asset="recommendations", description="Every customer of customers.csv gets 12 distinct real articles")],
 )
 def recommendations(context: AssetExecutionContext, lake: LakeResource, mlflow: MLflowResource) -> dg.MaterializeResult:
     """The champion's top 12 for every customer for the week after the data (Delta), and the Kaggle
@@ -203,7 +227,7 @@ def recommendations(context: AssetExecutionContext, lake: LakeResource, mlflow: 
     customers = sorted_ids(lk, CUSTOMER_FEATURES, "customer_id").to_pylist()
     data = cached_serving_data(lk)
     start, end = next_week(data.data_end)
-    preds = recommend_all(model, customers)
+    preds = recommend_all(model, customers).drop(columns=["ignored_history_ids"], errors="ignore")  # no histories given here
     known = set(data.histories["customer_id"])
     preds["week_start"] = start
     preds["model"] = champion.tags.get("model", "?")

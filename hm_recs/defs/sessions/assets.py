@@ -93,7 +93,7 @@ class TimeSplitConfig(dg.Config):
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[sessions],
-    check_specs=[dg.AssetCheckSpec("every_split_has_data", asset="time_split")],
+    check_specs=[dg.AssetCheckSpec("every_split_has_data", asset="time_split", description="Training, validation and test each hold transactions")],
 )
 def time_split(config: TimeSplitConfig, lake: LakeResource) -> dg.MaterializeResult:
     """The Kaggle protocol's time split: last 7 days test, the 7 before validation, earlier training."""

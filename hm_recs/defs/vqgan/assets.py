@@ -116,7 +116,7 @@ def _usable_images(lake, data_dir: str):
     kinds={"pytorch"},
     op_tags=TORCH_STEP,
     deps=[vqgan_base_model],
-    check_specs=[dg.AssetCheckSpec("reconstruction_loss_decreased", asset="vqgan_finetuned_model")],
+    check_specs=[dg.AssetCheckSpec("reconstruction_loss_decreased", asset="vqgan_finetuned_model", description="The VQGAN's reconstruction loss at the end is below the start")],
 )
 def vqgan_finetuned_model(
     context: AssetExecutionContext, config: VQGANFinetuneConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource, mlflow: MLflowResource
@@ -234,7 +234,7 @@ class VQGANEvaluationConfig(dg.Config):
     kinds={"pytorch"},
     op_tags=TORCH_STEP,
     deps=[vqgan_finetuned_model],
-    check_specs=[dg.AssetCheckSpec("psnr_above_floor", asset="vqgan_evaluation")],
+    check_specs=[dg.AssetCheckSpec("psnr_above_floor", asset="vqgan_evaluation", description="The fine-tuned VQGAN's held-out PSNR is above psnr_floor")],
 )
 def vqgan_evaluation(config: VQGANEvaluationConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource) -> dg.MaterializeResult:
     """PSNR, SSIM and LPIPS of the base and the fine-tuned model on the same held-out photos,
