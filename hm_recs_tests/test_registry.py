@@ -38,6 +38,9 @@ def test_runs_end_finished_or_failed_never_running(tracking):
     assert [m.value for m in client.get_metric_history(run.run_id, "loss")] == [3.0, 2.0, 1.0]
     info = client.get_run(failed.run_id)
     assert info.info.status == "FAILED" and "forced failure" in info.data.tags["error"]
+    # the experiment says what it holds and opens on its runs (not the GenAI traces view)
+    tags = client.get_experiment(tracking.experiment_id()).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and "test_MAP_at_12" in tags["mlflow.note.content"]
 
 
 def test_runs_of_a_killed_dagster_run_are_closed_by_the_next_one(tracking):

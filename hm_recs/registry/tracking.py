@@ -17,6 +17,14 @@ EXPERIMENT = "hm_recs"
 _READY: set[str] = set()  # SQLite stores whose schema this process has seen created
 
 
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": "hm_recs: one run per trained model (POP variants, GRU4Rec, VQGAN, BART variants) with its "
+    "protocol metrics (test_MAP_at_12, test_Recall_at_20, ... with _ci_low/_ci_high), plus model_comparison. "
+    "Select model runs and Compare; the served model is hm_recs_recommender@champion.",
+}
+
+
 @dataclass(frozen=True)
 class TrackingSettings:
     tracking_uri: str
@@ -42,16 +50,21 @@ class TrackingSettings:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def experiment_id(self) -> str:
+        """The experiment, created on first use with a description and the model-development kind
+        (so the MLflow UI opens on its runs, not on an empty GenAI traces view)."""
         client = self.client()
         found = client.get_experiment_by_name(self.experiment)
         if found is not None:
+            if EXPERIMENT_TAGS.keys() - found.tags.keys():  # made before these tags existed
+                for k, v in EXPERIMENT_TAGS.items():
+                    client.set_experiment_tag(found.experiment_id, k, v)
             return found.experiment_id
         location = self.artifact_location
         if location and "://" not in location:
             Path(location).mkdir(parents=True, exist_ok=True)
             location = Path(location).resolve().as_uri()
         try:
-            return client.create_experiment(self.experiment, artifact_location=location)
+            return client.create_experiment(self.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
         except Exception:  # created meanwhile by a concurrent run
             found = client.get_experiment_by_name(self.experiment)
             if found is None:

@@ -389,7 +389,7 @@ def _train_variant(
 
 def _record(run, meta: dict, variant: str, target: str, result, model) -> None:
     """The training facts of one model: MLflow metrics and the asset's metadata."""
-    run.log_curve(f"{target}_loss", result.loss)
+    run.log_curve(f"train_loss_{target}_model", result.loss)
     run.log_metrics(
         {
             f"{target}_tokens_per_second": result.tokens_per_second,

@@ -118,7 +118,7 @@ def _train_gru4rec(context, config: GRU4RecTrainingConfig, lk, compute: ComputeR
 
         def report(epoch, loss, rate, target=target):
             context.log.info(f"{target} epoch {epoch}/{cfg.n_epochs}: loss {loss:.4f}, {rate:,.0f} events/s")
-            run.log_metrics({f"{target}_loss": loss, f"{target}_events_per_second": rate}, step=epoch)
+            run.log_metrics({f"train_loss_{target}_model": loss, f"{target}_events_per_second": rate}, step=epoch)
 
         model, resumed = train_resumable(data, items, support, cfg, gru4rec_dir(target), fingerprint, device, on_epoch=report)
         model.save(gru4rec_dir(target) / "model.pt")
