@@ -304,3 +304,11 @@ def test_two_processes_can_start_on_a_fresh_sqlite_store(tmp_path):
     client = TrackingSettings(uri).client()
     runs = client.search_runs([client.get_experiment_by_name("hm_recs").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["step0", "step1"] and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_the_pyfunc_models_have_typed_predict_so_mlflow_does_not_warn():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-W", "always", "-c", "import hm_recs.registry.pyfunc"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "type hints" not in out.stderr

@@ -33,9 +33,6 @@ import pandas as pd
 
 from hm_recs.data.schema import CUSTOMER_ID_PATTERN
 
-# MLflow asks every PythonModel subclass for type hints at class creation; the signatures here are explicit
-warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-
 KINDS = ("popularity", "gru4rec", "bart")
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 DEFAULT_K = 12
@@ -249,7 +246,7 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.recommender = BundleRecommender(Path(context.artifacts["bundle"]))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -269,7 +266,7 @@ class VQGANPyfunc(mlflow.pyfunc.PythonModel):
         self.model, _ = load_model(context.artifacts["weights"])
         self.model.eval()
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from hm_recs.models.vqgan_training import tokenize_images
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
