@@ -276,3 +276,15 @@ def test_maintenance_finds_every_table_and_vacuums_what_no_version_needs(tmp_pat
 
     schedule = defs().resolve_schedule_def("lake_maintenance")
     assert schedule.job_name == "lake_maintenance" and schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_an_undecodable_byte_rejects_its_row_not_the_file(messy_dir, tmp_path):
+    path = messy_dir / "transactions_train.csv"
+    good = path.read_bytes()
+    path.write_bytes(good + f"2020-09-05,{C2},0108775044,0.02,1\n".encode() + b"2020-09-05," + C1.encode() + b",01087\xff5015,0.01,2\n")
+    lake = Lake(str(tmp_path / "lake"))
+    _, _, t = run_all(messy_dir, lake)
+    assert lake.count("clean/transactions") == 5  # the four good rows and the new good one
+    bad = rejects_by_line(lake, "transactions")[15]
+    assert bad["stage"] == "parse" and bad["reason"] == "article_id: not valid UTF-8" and "\ufffd" in bad["record"]
+    assert t.rejects["article_id"] == 1 and t.rows_in == 14

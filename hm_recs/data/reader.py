@@ -1,7 +1,8 @@
 """Read a Kaggle-layout file (CSV, gzipped CSV or Parquet) as text records with their line numbers.
 
-The reader never drops a record silently. A CSV record with the wrong number of fields becomes a
-:class:`Reject` (file, line, reason, text); every other record comes back as text, exactly as written,
+The reader never drops a record silently. A CSV record with the wrong number of fields, or with bytes
+that are not UTF-8, becomes a :class:`Reject` (file, line, reason, text); every other record comes
+back as text, exactly as written,
 with the file name and its line: the record number counting the header as 1, which is the physical
 line number for files without line breaks inside quoted values (the Kaggle files have none). For
 Parquet input ``line`` is the 1-based row number.
@@ -67,7 +68,8 @@ def _read_csv(path: Path, contract: TableContract, block_size: int):
                 invalid_row_handler=on_invalid, newlines_in_values=True, ignore_empty_lines=False
             ),
             convert_options=pcsv.ConvertOptions(
-                column_types={n: pa.string() for n in names},
+                # bytes first: one undecodable byte must reject its row, not the whole file (_decode)
+                column_types={n: pa.binary() for n in names},
                 null_values=[""],
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
@@ -100,7 +102,8 @@ def _read_csv(path: Path, contract: TableContract, block_size: int):
         invalid.clear()
         lines, next_line, consumed = _assign_lines(batch, next_line, pending)
         rejects = [_column_count_reject(contract, source, inv) for inv in consumed]
-        yield _with_source(batch, contract, source, lines), rejects
+        batch, lines, undecodable = _decode(batch, contract, source, lines)
+        yield _with_source(batch, contract, source, lines), rejects + undecodable
     pending.extend(invalid)
     if pending:
         yield _empty_raw(contract), [_column_count_reject(contract, source, inv) for inv in sorted(pending)]
@@ -126,6 +129,38 @@ def _assign_lines(batch: pa.RecordBatch, start: int, pending: list[tuple[int, st
         consumed.append(pending.pop(0))
         next_line += 1
     return lines, next_line, consumed
+
+
+def _decode(batch: pa.RecordBatch, contract: TableContract, source: str, lines: np.ndarray):
+    """The batch as UTF-8 text: rows holding bytes that are not UTF-8 become rejects (file, line, the
+    fields, the record with the bad bytes shown as U+FFFD). The cast validates in C++; only a batch
+    with a bad byte is looked at row by row."""
+    try:
+        cols = [batch.column(i).cast(pa.string()) for i in range(batch.num_columns)]
+        return pa.RecordBatch.from_arrays(cols, names=batch.schema.names), lines, []
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        pass
+    raw = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+    bad_fields: dict[int, list[str]] = {}
+    for name, values in zip(batch.schema.names, raw, strict=True):
+        for row, v in enumerate(values):
+            if v is None:
+                continue
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                bad_fields.setdefault(row, []).append(name)
+    rejects = [
+        Reject(table=contract.name, stage="parse", source_file=source, line=int(lines[row]), fields=",".join(names),
+               reason=f"{', '.join(names)}: not valid UTF-8",
+               record=",".join("" if values[row] is None else values[row].decode("utf-8", "replace") for values in raw))
+        for row, names in sorted(bad_fields.items())
+    ]
+    keep = np.ones(batch.num_rows, bool)
+    keep[list(bad_fields)] = False
+    kept = batch.filter(pa.array(keep))
+    cols = [kept.column(i).cast(pa.string()) for i in range(kept.num_columns)]
+    return pa.RecordBatch.from_arrays(cols, names=batch.schema.names), lines[keep], rejects
 
 
 def _column_count_reject(contract: TableContract, source: str, inv: tuple[int, str, int]) -> Reject:
