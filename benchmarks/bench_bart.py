@@ -59,6 +59,7 @@ def main() -> int:
         shutil.rmtree(state)
     state.mkdir(parents=True, exist_ok=True)
     os.environ["HM_STATE_DIR"] = str(state)
+    os.environ["HM_PROFILE"] = args.profile  # the evaluate job holds the profile's BART variants
     for var in ("HM_LAKE_URI", "HM_LANCEDB_URI", "HM_MLFLOW_TRACKING_URI", "HM_MLFLOW_ARTIFACTS"):
         os.environ.pop(var, None)
 

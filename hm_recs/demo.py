@@ -104,6 +104,7 @@ def run_demo(scale: str = "small", seed: int = 0, data_dir: str | None = None, p
     from hm_recs.evaluation.weeks import read_metrics
 
     profile = profile or (configured_profile() if os.environ.get("HM_PROFILE") else "demo")
+    os.environ["HM_PROFILE"] = profile  # the evaluate job holds the profile's BART variants
     defs = load_defs()
     lake = configured_lake()
     print(f"data: {data}\nlake: {lake.root}\nDagster instance: {home}\nrun profile: {profile}")

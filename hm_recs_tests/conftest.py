@@ -9,6 +9,9 @@ import pytest
 
 from hm_recs.paths import shared_dir
 
+# the tests' wiring runs train every asset with the least training (the evaluate job follows the profile)
+os.environ.setdefault("HM_PROFILE", "smoke")
+
 REAL_SAMPLE = shared_dir() / "hm_real_sample"
 REFERENCE_STATS = shared_dir() / "hm_reference_stats"
 FULL_ARTICLES = shared_dir() / "hm_articles_full" / "articles.csv"

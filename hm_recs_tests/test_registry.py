@@ -312,3 +312,19 @@ def test_the_pyfunc_models_have_typed_predict_so_mlflow_does_not_warn():
 
     out = subprocess.run([sys.executable, "-W", "always", "-c", "import hm_recs.registry.pyfunc"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "type hints" not in out.stderr
+
+
+def test_the_evaluate_job_holds_only_the_profiles_bart_variants(tmp_path):
+    """The UI's launch of `evaluate` trains what the automation trains: with the demo profile, only its
+    two semantic-ID BART variants (a fresh process: the job is built when the code location loads)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from hm_recs.definitions import defs\n"
+              "keys = {k.to_user_string() for k in defs().resolve_job_def('evaluate').asset_layer.selected_asset_keys}\n"
+              "print(sorted(k for k in keys if k.startswith('bart_model_')))\n")
+    env = {**os.environ, "HM_PROFILE": "demo"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['bart_model_semantic_id', 'bart_model_semantic_id_text']"

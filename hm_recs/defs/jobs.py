@@ -15,7 +15,7 @@ torch steps one at a time, so two models never fight over the cores or the GPU.
 import dagster as dg
 
 from hm_recs.defs.resources import configured_profile
-from hm_recs.profiles import executor_config, run_config
+from hm_recs.profiles import VARIANTS, executor_config, run_config
 
 PROFILE = configured_profile()
 _settings = executor_config(PROFILE)
@@ -29,9 +29,14 @@ ingest_job = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("i
                                  description="Kaggle files to clean Delta tables, image manifest and features")
 sessionize_job = dg.define_asset_job("sessionize", selection=dg.AssetSelection.assets("sessions"), tags={WRITES: "sessions"}, executor_def=EXECUTOR,
                                      description="Spark sessionization of the selected weeks")
+# the BART models of variants the profile does not train stay out of the job, so a launch from the UI
+# trains what the automation trains
+_variants = run_config(PROFILE).get("resources", {}).get("bart", {}).get("config", {}).get("variants")
+_unused = [f"bart_model_{v}" for v in VARIANTS if _variants is not None and v not in _variants]
 evaluate_job = dg.define_asset_job(
     "evaluate",
-    selection=dg.AssetSelection.groups("sessions", "baselines", "models", "evaluation", "serving") - dg.AssetSelection.assets("sessions"),
+    selection=dg.AssetSelection.groups("sessions", "baselines", "models", "evaluation", "serving")
+    - dg.AssetSelection.assets("sessions", *_unused),
     description="Time split, baselines, model training, evaluation on the shared protocol, comparison, champion promotion and the week's "
                 f"recommendations; settings of the `{PROFILE}` run profile (HM_PROFILE)",
     config=run_config(PROFILE),
