@@ -196,7 +196,6 @@ AUTO = "auto"
 # steps each spreading over every core run at half speed (and the daemon's evaluate took 3x the demo)
 TORCH_TAG = "hm_recs/compute"
 TORCH_STEP = {TORCH_TAG: "torch"}
-TORCH_STEPS_AT_ONCE = {"paper": 1, "cpu": 1, "demo": 1, "smoke": 1}
 
 
 def resolve_profile(name: str, gpu: bool) -> str:
@@ -209,10 +208,15 @@ def resolve_profile(name: str, gpu: bool) -> str:
     return name
 
 
+def bart_variants(config: dict) -> list[str] | None:
+    """The BART variants a run config trains (``resources.bart.config.variants``; None: all)."""
+    return config.get("resources", {}).get("bart", {}).get("config", {}).get("variants")
+
+
 def selected_assets(config: dict, asset_keys: list[str]) -> list[str] | None:
     """The evaluate job's assets a run config trains: every asset but the BART models of variants
     outside ``resources.bart.config.variants``; None when that is all of them."""
-    variants = config.get("resources", {}).get("bart", {}).get("config", {}).get("variants")
+    variants = bart_variants(config)
     if variants is None:
         return None
     kept = [k for k in asset_keys if not k.startswith("bart_model_") or k.removeprefix("bart_model_") in variants]
@@ -234,9 +238,8 @@ IN_PROCESS = {"paper": False, "cpu": True, "demo": True, "smoke": True}
 
 
 def executor_config(profile: str) -> dict | None:
-    """The multiprocess executor's settings (torch steps at most ``TORCH_STEPS_AT_ONCE`` at a time),
-    or None where the profile runs its steps in process."""
+    """The multiprocess executor's settings (one torch step at a time), or None where the profile
+    runs its steps in process."""
     if IN_PROCESS.get(profile, True):
         return None
-    limit = TORCH_STEPS_AT_ONCE.get(profile, 1)
-    return {"tag_concurrency_limits": [{"key": TORCH_TAG, "value": "torch", "limit": limit}]}
+    return {"tag_concurrency_limits": [{"key": TORCH_TAG, "value": "torch", "limit": 1}]}

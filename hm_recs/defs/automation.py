@@ -27,8 +27,8 @@ import pyarrow as pa
 
 from hm_recs.defs.jobs import PROFILE, evaluate_job, ingest_job, sessionize_job
 from hm_recs.defs.partitions import week_keys_covering
-from hm_recs.defs.resources import HMDataResource, configured_lake, configured_profile
-from hm_recs.profiles import narrowed, run_config, selected_assets
+from hm_recs.defs.resources import HMDataResource, configured_lake
+from hm_recs.profiles import run_config
 
 RUN_FAILURES_TABLE = "ops/run_failures"
 RANGE_START = "dagster/asset_partition_range_start"
@@ -79,25 +79,18 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext):
     return sessionize_request(configured_lake(), context.instance, "weekly")
 
 
-def evaluate_request(trigger: str, job_assets: list[str], profile: str) -> dg.RunRequest:
-    """The evaluate job as the profile runs it: its settings, and only the assets it trains
-    (``job_assets``: the job's asset keys)."""
-    config = run_config(profile)
-    assets = selected_assets(config, job_assets)
-    return dg.RunRequest(
-        run_key=f"after-{trigger}", run_config=narrowed(config, assets),
-        asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-        tags={"hm_recs/trigger": trigger, "hm_recs/profile": profile},
-    )
+def evaluate_request(trigger: str, profile: str = PROFILE) -> dg.RunRequest:
+    """The evaluate job with the profile it was built with (its launchpad default, spelled out)."""
+    return dg.RunRequest(run_key=f"after-{trigger}", run_config=run_config(profile),
+                         tags={"hm_recs/trigger": trigger, "hm_recs/profile": profile})
 
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[sessionize_job], request_job=evaluate_job, default_status=STOPPED,
-    description=f"After new weeks are sessionized: retrain, evaluate, compare, promote, recommend (run profile HM_PROFILE, now {PROFILE})",
+    description=f"After new weeks are sessionized: retrain, evaluate, compare, promote, recommend (run profile {PROFILE})",
 )
 def retrain_after_sessionize(context: dg.RunStatusSensorContext):
-    keys = context.repository_def.get_job(evaluate_job.name).asset_layer.selected_asset_keys
-    return evaluate_request(context.dagster_run.run_id, sorted(k.to_user_string() for k in keys), configured_profile())
+    return evaluate_request(context.dagster_run.run_id)
 
 
 TRANSACTION_FILES = ("transactions_train.csv", "transactions_train.csv.gz", "transactions_train.parquet")

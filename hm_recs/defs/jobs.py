@@ -15,7 +15,7 @@ torch steps one at a time, so two models never fight over the cores or the GPU.
 import dagster as dg
 
 from hm_recs.defs.resources import configured_profile
-from hm_recs.profiles import VARIANTS, executor_config, run_config
+from hm_recs.profiles import VARIANTS, bart_variants, executor_config, run_config
 
 PROFILE = configured_profile()
 _settings = executor_config(PROFILE)
@@ -31,7 +31,7 @@ sessionize_job = dg.define_asset_job("sessionize", selection=dg.AssetSelection.a
                                      description="Spark sessionization of the selected weeks")
 # the BART models of variants the profile does not train stay out of the job, so a launch from the UI
 # trains what the automation trains
-_variants = run_config(PROFILE).get("resources", {}).get("bart", {}).get("config", {}).get("variants")
+_variants = bart_variants(run_config(PROFILE))
 _unused = [f"bart_model_{v}" for v in VARIANTS if _variants is not None and v not in _variants]
 evaluate_job = dg.define_asset_job(
     "evaluate",

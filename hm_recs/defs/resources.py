@@ -31,7 +31,7 @@ from hm_recs.compute import DeviceSpec
 from hm_recs.data.delta import Lake
 from hm_recs.evaluation.protocol import EvaluationProtocol
 from hm_recs.paths import default_lake_uri, default_synthetic_dir, default_tracking_uri, mlflow_dir, state_dir
-from hm_recs.profiles import AUTO, TORCH_STEPS_AT_ONCE, resolve_profile
+from hm_recs.profiles import AUTO, resolve_profile
 from hm_recs.registry.tracking import TrackingSettings, close_orphaned_runs, tracked_run
 from hm_recs.sessions.spark import spark_conf
 
@@ -218,11 +218,6 @@ def configured_profile(default: str = AUTO) -> str:
     return resolve_profile(name, gpu)
 
 
-def torch_threads(profile: str) -> int:
-    """CPU threads per torch step: the cores shared by the torch steps allowed at once."""
-    return max(1, (os.cpu_count() or 1) // TORCH_STEPS_AT_ONCE.get(profile, 1))
-
-
 def _int_env(name: str, default: str) -> int:
     value = os.environ.get(name, default)
     try:
@@ -254,7 +249,7 @@ def checked_spark_memory(value: str) -> str:
 
 
 def build_resources() -> dict[str, object]:
-    profile = configured_profile()  # checked here too: a bad HM_PROFILE fails before any work
+    configured_profile()  # checked here too: a bad HM_PROFILE fails before any work
     aws = {k: dg.EnvVar(env) for k, env in _AWS_ENV if os.environ.get(env)}
     return {
         "hm_data": HMDataResource(data_dir=_env_or("HM_DATA_DIR", str(default_synthetic_dir())),
@@ -274,7 +269,7 @@ def build_resources() -> dict[str, object]:
         "compute": ComputeResource(
             **dataclasses.asdict(checked_compute(os.environ.get("HM_DEVICE", "auto"), _int_env("HM_NUM_DEVICES", "1"),
                                                  os.environ.get("HM_PRECISION", "32-true"))),
-            threads=_int_env("HM_TORCH_THREADS", "0") or torch_threads(profile),
+            threads=_int_env("HM_TORCH_THREADS", "0"),  # 0: torch's default, every core (one torch step at a time)
         ),
     }
 

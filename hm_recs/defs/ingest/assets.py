@@ -90,7 +90,7 @@ raw_transactions = _raw_asset(TRANSACTIONS)
 
 def _checks(result: ingest.StepResult, asset: str, config: CleanConfig) -> list[dg.AssetCheckResult]:
     """The reject-fraction and row-drop checks of one clean step (both blocking)."""
-    limit = None if config.allow_shrink else config.max_row_drop
+    limit = config.guards()["max_row_drop"]
     drop = dg.AssetCheckResult(
         asset_key=asset,
         check_name="row_count_did_not_drop",
