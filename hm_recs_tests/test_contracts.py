@@ -288,3 +288,101 @@ def test_an_undecodable_byte_rejects_its_row_not_the_file(messy_dir, tmp_path):
     bad = rejects_by_line(lake, "transactions")[15]
     assert bad["stage"] == "parse" and bad["reason"] == "article_id: not valid UTF-8" and "\ufffd" in bad["record"]
     assert t.rejects["article_id"] == 1 and t.rows_in == 14
+
+
+def test_reject_lines_are_physical_lines_after_quoted_line_breaks(tmp_path):
+    """An editor's line numbers: a description spanning three lines moves every later record down two."""
+    d = tmp_path / "kaggle"
+    d.mkdir()
+    multi = article("0200000005").rsplit(",", 1)[0] + ',"Line one\nline two\nline three"'
+    bad_multi = '0200000006,0200000,"short\nrecord",253'
+    write(
+        d / "articles.csv",
+        [
+            HEADER_A,
+            article("0108775015"),  # line 2
+            multi,  # lines 3-5
+            article("108775051"),  # line 6: malformed id
+            bad_multi,  # lines 7-8: wrong column count, itself spanning two lines
+            "0200000003,0200000,too,few",  # line 9: wrong column count
+            article("0108775044"),  # line 10
+        ],
+    )
+    lake = Lake(str(tmp_path / "lake"))
+    ingest.load_raw(d, ARTICLES, lake)
+    ingest.clean(ARTICLES, lake)
+    rejects = rejects_by_line(lake, "articles")
+    assert set(rejects) == {6, 7, 9}
+    assert "article_id" in rejects[6]["reason"] and rejects[9]["reason"].startswith("wrong column count")
+    raw = lake.read("raw/articles").sort_by("line")
+    assert dict(zip(raw.column("article_id").to_pylist(), raw.column("line").to_pylist(), strict=True)) == {
+        "0108775015": 2, "0200000005": 3, "108775051": 6, "0108775044": 10
+    }
+    assert raw.column("detail_desc").to_pylist()[1] == "Line one\nline two\nline three"
+
+
+def test_two_writers_of_one_table_both_commit_the_later_one_wins(tmp_path):
+    """Two ingests at once: the commit that lost the race is written again instead of failing."""
+    import threading
+    import time
+
+    from deltalake.exceptions import CommitFailedError
+
+    lake = Lake(str(tmp_path / "lake"))
+    schema = pa.schema([("x", pa.int64())])
+    lake.write("t", pa.table({"x": [1, 2, 3]}))
+
+    def slow_source():  # reads before the other writer commits, commits after it
+        def gen():
+            for i in range(3):
+                time.sleep(0.3)
+                yield pa.record_batch({"x": [10 + i]}, schema=schema)
+        return gen()
+
+    result = {}
+    writer = threading.Thread(target=lambda: result.setdefault("slow", lake.write("t", slow_source, schema=schema)))
+    writer.start()
+    time.sleep(0.2)
+    fast = lake.write("t", pa.table({"x": [7]}))
+    writer.join()
+    assert result["slow"] > fast
+    assert sorted(lake.read("t").column("x").to_pylist()) == [10, 11, 12]
+
+    # a stream that was already read cannot be written again: the race is reported, not hidden
+    writer = threading.Thread(target=lambda: result.__setitem__("stream", _try(lambda: lake.write("t", slow_source(), schema=schema))))
+    writer.start()
+    time.sleep(0.2)
+    lake.write("t", pa.table({"x": [8]}))
+    writer.join()
+    assert isinstance(result["stream"], CommitFailedError)
+    assert lake.read("t").column("x").to_pylist() == [8]
+
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+
+
+def test_concurrent_ingests_of_one_file_both_succeed(messy_dir, tmp_path):
+    import threading
+
+    lake = Lake(str(tmp_path / "lake"))
+    ingest.load_raw(messy_dir, ARTICLES, lake)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(ingest.load_raw(messy_dir, TRANSACTIONS, lake))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [r.rows_out for r in results] == [11, 11, 11]
+    assert lake.count("raw/transactions") == 11

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import queue
+import random
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 
@@ -49,6 +51,11 @@ def _in_background(batches: Iterable[pa.RecordBatch], errors: list, depth: int =
         if isinstance(item, BaseException):
             raise item
         yield item
+
+
+WRITE_TOKEN = "hm_recs.write"  # commit metadata: which write made a commit
+BatchSource = Callable[[], Iterable[pa.RecordBatch] | pa.RecordBatchReader]
+"""A function that produces a write's batches afresh each time it is called (so it can be retried)."""
 
 
 @dataclass(frozen=True)
@@ -84,14 +91,46 @@ class Lake:
     def write(
         self,
         name: str,
-        data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
+        data: pa.Table | BatchSource | pa.RecordBatchReader | Iterable[pa.RecordBatch],
         *,
         schema: pa.Schema | None = None,
         mode: str = "overwrite",
         partition_by: list[str] | None = None,
         predicate: str | None = None,
+        attempts: int = 5,
     ) -> int:
-        """Write ``data`` as one commit and return the new table version."""
+        """Write ``data`` as one commit and return the new table version.
+
+        A write that lost a race with another writer of the same table (two ingests at once) is
+        written again on the newer version, up to ``attempts`` times: what is written never depends
+        on what it replaces, so the later writer wins as if the runs had queued. Losing shows two
+        ways: delta-rs refuses the commit, or (a whole-table overwrite, whose conflict check only
+        looks at removed files) it lands on a version other than the one after the version read,
+        merged with the other writer's rows. A table is simply written again; batches only when
+        given as a function that produces them afresh (a :data:`BatchSource`), since a stream that
+        was read cannot be read twice.
+        """
+        retryable = callable(data) or isinstance(data, pa.Table)
+        whole = mode == "overwrite" and predicate is None
+        for attempt in range(attempts):
+            read = self.version(name) if self.exists(name) else -1
+            token = uuid.uuid4().hex
+            try:
+                version = self._write_once(name, data() if callable(data) else data, schema, mode, partition_by,
+                                           predicate, token)
+                if not whole or version == read + 1:
+                    return version
+                lost = CommitFailedError(f"{self.uri(name)}: another writer committed while version {read} was being "
+                                         f"replaced (landed as version {version})")
+            except CommitFailedError as exc:
+                lost = exc
+            if not retryable or attempt == attempts - 1:
+                raise lost
+            time.sleep(random.uniform(0.1, 0.4) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _write_once(self, name, data, schema, mode, partition_by, predicate, token: str) -> int | None:
+        """One ``write_deltalake`` call; returns the version of the commit it made (found by ``token``)."""
         errors: list[BaseException] = []
         if not isinstance(data, pa.Table | pa.RecordBatchReader):
             if schema is None:
@@ -109,28 +148,24 @@ class Lake:
                 mode=mode,
                 partition_by=partition_by,
                 storage_options=self._options(),
+                commit_properties=CommitProperties(custom_metadata={WRITE_TOKEN: token}),
                 **kwargs,
             )
         except Exception as exc:
             if errors:  # the data source failed: that error, not delta-rs's wrapper, is the news
                 raise errors[0] from exc
             raise
-        return self.table(name).version()
+        return next((c["version"] for c in self.table(name).history(64) if c.get(WRITE_TOKEN) == token), None)
 
-    def replace_where(self, name: str, data: pa.Table, predicate: str, partition_by: list[str] | None = None, attempts: int = 5) -> int:
+    def replace_where(self, name: str, data: pa.Table, predicate: str, partition_by: list[str] | None = None) -> int:
         """Replace the rows matching ``predicate`` with ``data`` in one commit (creating the table if
-        needed); several writers may share a table, each owning its slice, so a commit that lost a
-        race is retried on the new version."""
-        for attempt in range(attempts):
+        needed); several writers may share a table, each owning its slice (retried as ``write``)."""
+        if not self.exists(name):
             try:
-                if not self.exists(name):
-                    return self.write(name, data, mode="append", partition_by=partition_by)
-                return self.write(name, data, predicate=predicate, partition_by=partition_by)
+                return self.write(name, data, mode="append", partition_by=partition_by)
             except CommitFailedError:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
+                pass  # another writer created it meanwhile: replace our slice in it
+        return self.write(name, data, predicate=predicate, partition_by=partition_by)
 
     @property
     def is_local(self) -> bool:

@@ -117,14 +117,16 @@ def load_raw(data_dir: str | Path, contract: TableContract, lake: Lake) -> StepR
     result = StepResult(table=raw_table_name(contract), source=str(path))
     rejects: list[Reject] = []
 
-    def batches() -> Iterator[pa.RecordBatch]:
+    def batches() -> Iterator[pa.RecordBatch]:  # called again if the commit loses a race
+        rejects.clear()
+        result.rows_out = 0
         for batch, bad in read_raw_batches(path, contract):
             rejects.extend(bad)
             result.rows_out += batch.num_rows
             yield batch
 
     fingerprint = file_fingerprint(path)  # before reading: a file replaced meanwhile is read again later
-    result.version = lake.write(result.table, batches(), schema=contract.raw_schema())
+    result.version = lake.write(result.table, batches, schema=contract.raw_schema())
     write_rejects(lake, contract.name, "parse", rejects)
     record_ingested(lake, path, fingerprint)
     result.rejects = Counter(_reason_kind(r.reason) for r in rejects)
@@ -153,7 +155,7 @@ def clean(
     result = StepResult(table=clean_table_name(contract), source=lake.uri(raw_name))
     before = lake.version(result.table) if lake.exists(result.table) else None
     result.previous_rows = lake.count(result.table) if before is not None else None
-    validator = TableValidator(contract, known_articles=known_articles, known_customers=known_customers)
+    schema = TableValidator(contract).clean_schema()
     rejects: list[Reject] = []
     parse_rejects = _count_rejects(lake, contract.name, "parse")
 
@@ -165,7 +167,10 @@ def clean(
         else:
             yield from lake.dataset(raw_name).to_batches(batch_size=262_144)
 
-    def clean_batches() -> Iterator[pa.RecordBatch]:
+    def clean_batches() -> Iterator[pa.RecordBatch]:  # called again if the commit loses a race
+        validator = TableValidator(contract, known_articles=known_articles, known_customers=known_customers)
+        rejects.clear()
+        result.rows_in = result.rows_out = 0
         for batch in raw_batches():
             good, bad = validator.validate(batch)
             rejects.extend(bad)
@@ -173,7 +178,7 @@ def clean(
             result.rows_out += good.num_rows
             yield good
 
-    result.version = lake.write(result.table, clean_batches(), schema=validator.clean_schema())
+    result.version = lake.write(result.table, clean_batches, schema=schema)
     write_rejects(lake, contract.name, "validate", rejects)
     result.rejects = Counter(_reason_kind(r.reason) for r in rejects)
     result.rejects.update(parse_rejects)

@@ -2,10 +2,10 @@
 
 The reader never drops a record silently. A CSV record with the wrong number of fields, or with bytes
 that are not UTF-8, becomes a :class:`Reject` (file, line, reason, text); every other record comes
-back as text, exactly as written,
-with the file name and its line: the record number counting the header as 1, which is the physical
-line number for files without line breaks inside quoted values (the Kaggle files have none). For
-Parquet input ``line`` is the 1-based row number.
+back as text, exactly as written, with the file name and its line: the physical line (1-based, the
+header is line 1) on which the record starts, so a quoted value holding line breaks pushes the
+records after it down as an editor would show them. For Parquet input ``line`` is the 1-based row
+number.
 
 Reading is streamed in blocks, so a 3.5 GB transactions file needs a few hundred MB of memory.
 """
@@ -88,7 +88,8 @@ def _read_csv(path: Path, contract: TableContract, block_size: int):
             f"(missing {missing}, unexpected {extra}, expected order {names})"
         )
 
-    next_line = 2  # line 1 is the header
+    next_line = 2  # record numbers: the header is record 1
+    breaks = 0  # line breaks inside quoted values so far: record number + breaks before it = physical line
     pending: list[tuple[int, str, int]] = []
     source = str(path)
     while True:
@@ -101,12 +102,15 @@ def _read_csv(path: Path, contract: TableContract, block_size: int):
         pending.extend(invalid)
         invalid.clear()
         lines, next_line, consumed = _assign_lines(batch, next_line, pending)
+        lines, consumed, breaks = _physical_lines(lines, _breaks_per_record(batch), consumed, breaks)
         rejects = [_column_count_reject(contract, source, inv) for inv in consumed]
         batch, lines, undecodable = _decode(batch, contract, source, lines)
         yield _with_source(batch, contract, source, lines), rejects + undecodable
     pending.extend(invalid)
     if pending:
-        yield _empty_raw(contract), [_column_count_reject(contract, source, inv) for inv in sorted(pending)]
+        none = np.zeros(0, np.int64)
+        _, pending, _ = _physical_lines(none, none, sorted(pending), breaks)
+        yield _empty_raw(contract), [_column_count_reject(contract, source, inv) for inv in pending]
 
 
 def _assign_lines(batch: pa.RecordBatch, start: int, pending: list[tuple[int, str, int]]):
@@ -129,6 +133,33 @@ def _assign_lines(batch: pa.RecordBatch, start: int, pending: list[tuple[int, st
         consumed.append(pending.pop(0))
         next_line += 1
     return lines, next_line, consumed
+
+
+def _breaks_per_record(batch: pa.RecordBatch) -> np.ndarray:
+    """Line breaks inside the quoted values of each record."""
+    counts = np.zeros(batch.num_rows, np.int64)
+    for column in batch.columns:
+        counts += pc.fill_null(pc.count_substring(column, "\n"), 0).to_numpy(zero_copy_only=False)
+    return counts
+
+
+def _physical_lines(records: np.ndarray, good: np.ndarray, consumed: list, breaks: int):
+    """Turn record numbers into physical line numbers.
+
+    Arrow's serial reader numbers records, not lines. Every line break inside a quoted value of an
+    earlier record (a good one, ``good`` breaks each, or a malformed one in ``consumed``) moves a
+    record one physical line down. Returns the good records' lines, the malformed records
+    renumbered, and the running count of breaks for the next batch.
+    """
+    numbers = np.concatenate([records, np.array([inv[0] for inv in consumed], np.int64)])
+    extra = np.concatenate([good, np.array([inv[1].count("\n") for inv in consumed], np.int64)])
+    order = np.argsort(numbers, kind="stable")
+    before = np.empty_like(extra)
+    before[order] = breaks + np.cumsum(extra[order]) - extra[order]
+    physical = numbers + before
+    n = len(records)
+    renumbered = [(int(line), text, ncols) for line, (_, text, ncols) in zip(physical[n:], consumed, strict=True)]
+    return physical[:n], renumbered, breaks + int(extra.sum())
 
 
 def _decode(batch: pa.RecordBatch, contract: TableContract, source: str, lines: np.ndarray):

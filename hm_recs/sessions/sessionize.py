@@ -133,13 +133,14 @@ def write_sessions(sessions, lake: Lake, staging_root: str | Path, weeks: tuple[
         sessions.write.mode("overwrite").partitionBy("week_start").parquet(str(staging))
         log.info("spark wrote %s in %.1f s", staging, time.perf_counter() - started)
         fragments = sorted(pds.dataset(str(staging), format="parquet").get_fragments(), key=lambda f: f.path)
-        # one week directory after another, so the Delta writer fills one partition at a time
-        batches = (batch.cast(SESSION_SCHEMA) for f in fragments for batch in _with_week(f).to_batches(max_chunksize=262_144))
+
+        def batches():  # one week directory after another, so the Delta writer fills one partition at a time
+            return (batch.cast(SESSION_SCHEMA) for f in fragments for batch in _with_week(f).to_batches(max_chunksize=262_144))
+
         predicate = None
         if replace is not None and lake.exists(name):
             predicate = f"week_start >= '{replace[1]}' AND week_start <= '{replace[2]}'"
-        reader = pa.RecordBatchReader.from_batches(SESSION_SCHEMA, batches)
-        return lake.write(name, reader, partition_by=["week_start"], predicate=predicate)
+        return lake.write(name, batches, schema=SESSION_SCHEMA, partition_by=["week_start"], predicate=predicate)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
