@@ -80,19 +80,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
+    import re
+
+    from hm_recs.data.schema import CUSTOMER_ID_PATTERN
     from hm_recs.defs.resources import configured_lake
     from hm_recs.registry.serving import recommendations_for
 
     if not 1 <= args.k <= 12:
         print("hm-recs recommend: --k must be between 1 and 12 (the stored list holds 12)", file=sys.stderr)
         return 2
+    if not re.fullmatch(CUSTOMER_ID_PATTERN, args.customer_id):  # the REST endpoint's 400
+        print(f"hm-recs recommend: customer_id must be 64 lowercase hex characters as in customers.csv, got {args.customer_id[:80]!r}",
+              file=sys.stderr)
+        return 2
     table = recommendations_for(configured_lake(), args.customer_id, args.k)
-    if table is None:
-        print(f"hm-recs recommend: unknown customer id {args.customer_id!r}: not in the customers of the last recommendations run", file=sys.stderr)
-        return 1
     a = table.attrs
-    print(f"customer {args.customer_id}: week from {a['week_start']}, model {a['model']} (registry version {a['version']})"
-          + (" -- no purchases yet, popularity fallback" if a["cold_start"] else ""))
+    print(f"customer {args.customer_id}: week from {a['week_start']}, model {a['model']} (registry version {a['version']}), "
+          f"source: {a['source']}" + (" (popularity)" if a["source"] != "model" else ""))
     for r in table.itertuples(index=False):
         print(f"{r.rank:>3}  {r.article_id}  {r.prod_name}  ({r.product_type_name}, {r.colour_group_name})")
     return 0
@@ -141,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the evaluate job's run profile (default: HM_PROFILE when set, else demo)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("recommend", help="print a customer's recommendations for the week after the data, with article names")
+    p = sub.add_parser("recommend", help="print a customer's recommendations for the week after the data, with article names",
+                       description="A customer the last recommendations run did not know gets the served model's fallback, "
+                       "as from the REST endpoint (the first line says which: source: model / fallback: ...); "
+                       "exit 2 for a malformed id or --k.")
     p.add_argument("customer_id", help="a customer_id of customers.csv (64 hex characters)")
     p.add_argument("--k", type=int, default=12, help="how many (1..12, default: 12)")
     p.set_defaults(func=_cmd_recommend)

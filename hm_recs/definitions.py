@@ -8,6 +8,7 @@ made an asset has changed since it was materialized.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import warnings
@@ -27,6 +28,10 @@ DOMAINS = {
 }
 OWNERS = {"ingest": "team:data-platform", "sessions": "team:data-platform"}
 ML_TEAM = "team:ml"
+# what the weekly cycle must refresh (new data in, models compared, the served lists): the UI warns
+# when a week has passed since the last materialization and fails a day later
+WEEKLY = {"clean_transactions", "model_comparison", "recommendations"}
+WEEKLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(days=8), warn_window=dt.timedelta(days=7))
 
 
 @functools.cache
@@ -44,7 +49,8 @@ def domain_code_version(group: str) -> str:
 
 def _conventions(spec: dg.AssetSpec) -> dg.AssetSpec:
     group = spec.group_name or "default"
-    return spec.replace_attributes(owners=[OWNERS.get(group, ML_TEAM)], code_version=domain_code_version(group))
+    spec = spec.replace_attributes(owners=[OWNERS.get(group, ML_TEAM)], code_version=domain_code_version(group))
+    return dg.apply_freshness_policy(spec, WEEKLY_FRESHNESS) if spec.key.to_user_string() in WEEKLY else spec
 
 
 @dg.definitions

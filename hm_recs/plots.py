@@ -33,18 +33,29 @@ def line_plot(series: Mapping[str, Sequence[float]], title: str, xlabel: str, yl
 
 
 def metric_bars(rows: Sequence[Mapping], metric: str, title: str | None = None) -> bytes:
-    """Bars per (model, split) with 95 % interval whiskers; ``rows`` have model, split, value, ci_low, ci_high."""
-    rows = [r for r in rows if r["metric"] == metric]
-    labels = [f"{r['model']}\n{r['split']}" for r in rows]
+    return _png(metric_bars_figure(rows, metric, title))
+
+
+def metric_bars_figure(rows: Sequence[Mapping], metric: str, title: str | None = None):
+    """Horizontal bars per (model, split), best at the top, with 95 % interval whiskers and the value
+    written beside each bar; ``rows`` have model, split, value, ci_low, ci_high. Horizontal, so
+    long model names never overlap however many models there are."""
+    rows = sorted((r for r in rows if r["metric"] == metric), key=lambda r: (r["value"], r["model"]))
+    labels = [f"{r['model']} ({r['split']})" for r in rows]
     values = [r["value"] for r in rows]
     err = [[r["value"] - r["ci_low"] for r in rows], [r["ci_high"] - r["value"] for r in rows]]
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 3.5))
-    ax.bar(range(len(rows)), values, yerr=err, capsize=4, color="#4c72b0")
-    ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel(metric)
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.32 * len(rows)))
+    ax.barh(range(len(rows)), values, xerr=err, capsize=3, color="#4c72b0", height=0.6)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    top = max((r["ci_high"] for r in rows), default=1.0) or 1.0
+    for i, r in enumerate(rows):
+        ax.text(r["ci_high"] + 0.01 * top, i, f"{r['value']:.4f}", va="center", fontsize=7)
+    ax.set_xlim(0, top * 1.15)
+    ax.set_xlabel(metric)
     ax.set_title(title or f"{metric} with 95 % bootstrap intervals")
-    ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def daily_counts(dates: Sequence, counts: Sequence[int], title: str) -> bytes:

@@ -51,7 +51,7 @@ def test_dg_check_defs_passes():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, monkeypatch):
+def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, monkeypatch, capsys):
     from hm_recs.defs.resources import configured_lake
     from hm_recs.demo import SMOKE_MODELS, run_pipeline
     from hm_recs.evaluation.weeks import read_metrics
@@ -104,6 +104,20 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
         names = {r.info.run_name for r in ranked}
         assert {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_model", "bart_model_semantic_id"} <= names
         assert all("test_MAP_at_12_ci_low" in r.data.metrics for r in ranked)
+        # MLflow 3: every registered model is a logged model (the Models tab) with its metrics linked
+        logged = {m.name: m for m in client.search_logged_models([client.get_experiment_by_name("hm_recs").experiment_id])}
+        assert {"hm_recs_pop_all_time", "hm_recs_gru4rec", "hm_recs_vqgan"} <= set(logged)
+        assert "test_MAP_at_12" in {m.key for m in logged["hm_recs_gru4rec"].metrics}
+        gru_run = client.get_run(logged["hm_recs_gru4rec"].source_run_id)
+        assert {d.dataset.name for d in gru_run.inputs.dataset_inputs} == {"sessions/purchases"}
+        # the table pages describe their columns
+        for key in ("clean_transactions", "sessions", "popularity_evaluation", "model_comparison", "recommendations"):
+            event = instance.get_latest_materialization_event(dg.AssetKey(key))
+            schema = event.asset_materialization.metadata["dagster/column_schema"].value
+            assert [c.name for c in schema.columns if not c.description] == [], key
+        # each evaluation asset owns its metrics table
+        assert {t for t in lake.tables() if t.endswith("_metrics")} == {
+            "evaluation/popularity_metrics", "evaluation/gru4rec_metrics", "evaluation/bart_metrics"}
 
         # the Kaggle submission: every customer, 12 article ids each; the CLI on a known and an unknown id
         import pandas as pd
@@ -116,7 +130,11 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
         assert list(sub.columns) == ["customer_id", "prediction"] and set(sub["customer_id"]) == set(customers)
         assert sub["prediction"].str.split().map(len).eq(12).all()
         assert cli(["recommend", sub["customer_id"].iloc[0], "--k", "5"]) == 0
-        assert cli(["recommend", "0" * 64]) == 1
+        # an unknown id gets what the REST endpoint answers (the model's fallback, flagged); a malformed one exit 2
+        fallback = lake.read("serving/unknown_customer").to_pylist()[0]
+        assert fallback["source"] == "fallback: unknown customer" and len(fallback["prediction"].split()) == 12
+        assert cli(["recommend", "0" * 64]) == 0 and "source: fallback: unknown customer" in capsys.readouterr().out
+        assert cli(["recommend", "not-an-id"]) == 2
 
         # re-running ingestion is idempotent: same rows, a new Delta version
         before = (lake.count("clean/transactions"), lake.version("clean/transactions"))
@@ -153,3 +171,6 @@ def test_every_asset_has_an_owner_a_code_version_and_described_checks():
     assert graph.get(dg.AssetKey("clean_transactions")).owners == ["team:data-platform"]
     assert graph.get(dg.AssetKey("gru4rec_model")).code_version == domain_code_version("models") != domain_code_version("ingest")
     assert not [str(k) for k in graph.asset_check_keys if not graph.get_check_spec(k).description]
+    # the weekly cycle's assets say how fresh they must be (the daemon evaluates it: freshness enabled)
+    weekly = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).freshness_policy}
+    assert weekly == {"clean_transactions", "model_comparison", "recommendations"}

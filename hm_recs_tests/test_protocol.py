@@ -140,3 +140,43 @@ def test_time_split_is_the_kaggle_protocol():
     assert TimeSplit.from_dict(s.to_dict()) == s
     with pytest.raises(ValueError, match="too short"):
         TimeSplit.from_dates(D(2020, 9, 10), D(2020, 9, 22))
+
+
+def _long_metrics():
+    import pandas as pd
+
+    rows = []
+    for model, base in (("pop_all_time", 0.010), ("bart_semantic_id_images", 0.030), ("gru4rec_session", 0.020)):
+        for split in ("validation", "test"):
+            for metric, scale in (("MAP@12", 1.0), ("Recall@20", 3.0), ("MRR@20", 1.5), ("Recall@5", 2.0), ("MRR@1", 0.5)):
+                v = base * scale
+                rows.append({"model": model, "split": split, "metric": metric, "value": v, "ci_low": v * 0.9, "ci_high": v * 1.1, "n": 1234})
+    return pd.DataFrame(rows)
+
+
+def test_the_comparison_table_is_narrow_ranked_and_shows_intervals():
+    import pandas as pd
+
+    from hm_recs.evaluation.protocol import comparison_markdown
+
+    metrics = _long_metrics()
+    extra = pd.DataFrame({"model": ["bart_semantic_id_images"], "split": ["test"], "train s": [54.2]})
+    lines = comparison_markdown(metrics, extra).splitlines()
+    assert lines[0] == "| split | model | MAP@12 | Recall@20 | MRR@20 | Recall@5 | events | train s |"
+    body = [line.split(" | ") for line in lines[2:]]
+    assert [(b[0].strip("| "), b[1]) for b in body][:3] == [
+        ("test", "bart_semantic_id_images"), ("test", "gru4rec_session"), ("test", "pop_all_time")]
+    assert body[0][2] == "0.0300 [0.0270, 0.0330]" and body[0][6] == "1234" and body[0][7].strip(" |") == "54"
+    assert max(len(line) for line in lines) < 200 and "MRR@1 " not in lines[0]
+
+
+def test_metric_bars_labels_never_overlap():
+    from hm_recs.plots import metric_bars_figure
+
+    rows = _long_metrics().to_dict("records") * 3  # 18 bars with long names
+    fig = metric_bars_figure(rows, "MAP@12")
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_yticklabels()]
+    assert len(boxes) == 18
+    assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert all(b.x0 >= 0 for b in boxes)  # no label cut off at the left edge

@@ -64,7 +64,7 @@ def test_the_local_instance_keeps_everything_under_dagster_home(tmp_path, monkey
     ensure_dagster_home()
     assert (home / "dagster.yaml").read_text().endswith("# edited\n")  # an edited config is kept
     with dg.DagsterInstance.get() as instance:
-        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_enabled and instance.get_settings("freshness")["enabled"]
         assert str(instance.storage_directory()).startswith(str(home))
         assert str(instance.compute_log_manager._base_dir).startswith(str(home))
         limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
@@ -91,7 +91,7 @@ def _popularity_version(tracking, tmp_path, ranking, name="hm_recs_pop_test"):
                                       {"ranking.npy": tmp_path / "ranking.npy"})
     folder = save_pyfunc(RecommenderPyfunc(), {"bundle": str(bundle)}, recommender_signature(), tmp_path / "model")
     with tracked_run(tracking, "train") as run:
-        return register_model(run, folder, name)
+        return register_model(run, folder, name, tags={"kind": "popularity"})
 
 
 def test_pyfunc_from_the_registry_predicts_valid_distinct_articles(tracking, tmp_path):
@@ -106,6 +106,27 @@ def test_pyfunc_from_the_registry_predicts_valid_distinct_articles(tracking, tmp
     # the model's list first, then the fallback (descending article_idx here)
     assert out["prediction"].iloc[0].split()[:3] == ["0108000002", "0108000007", "0108000019"]
     assert len(model.predict(pd.DataFrame({"customer_id": ["a" * 64]}), params={"k": 5})["prediction"].iloc[0].split()) == 5
+
+
+def test_a_registered_model_is_a_logged_model_with_its_metrics_and_input_datasets(tracking, tmp_path):
+    """MLflow 3: the experiment's Models tab lists every trained model with the metrics linked to it,
+    and each run's Datasets name the Delta tables (URI and version) it read."""
+    from hm_recs.registry.tracking import TrackedRun
+
+    version = _popularity_version(tracking, tmp_path, [2, 7])
+    client = tracking.client()
+    logged = client.search_logged_models([tracking.experiment_id()])
+    assert len(logged) == 1 and str(logged[0].status).endswith("READY") and logged[0].model_type == "popularity"
+    # the registered version points at the logged model (the registry page links to it)
+    model_id = logged[0].model_id
+    assert logged[0].source_run_id == version.run_id and version.source == f"models:/{model_id}"
+    run = TrackedRun(tracking, version.run_id)
+    run.log_metrics({"test_MAP_at_12": 0.03}, model_id=run.model_id())
+    assert {m.key: m.value for m in client.get_logged_model(model_id).metrics} == {"test_MAP_at_12": 0.03}
+    run.log_inputs({"clean/transactions": ("/lake/clean/transactions", 4)})
+    (dataset,) = client.get_run(version.run_id).inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest, dataset.dataset.source_type) == ("clean/transactions", "v4", "delta_table")
+    assert '"delta_table_version": 4' in dataset.dataset.source and dataset.tags[0].value == "training"
 
 
 def test_bad_requests_get_a_clear_error_and_fallbacks_say_so(tracking, tmp_path):

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from hm_recs.data.delta import Lake
 from hm_recs.paths import state_dir
+from hm_recs.tables import describe
 
 
 def table_metadata(lake: Lake, name: str, preview_rows: int = 5, preview_columns: list[str] | None = None) -> dict:
@@ -19,7 +20,7 @@ def table_metadata(lake: Lake, name: str, preview_rows: int = 5, preview_columns
         "delta_version": dg.MetadataValue.int(table.version()),
         "table_uri": dg.MetadataValue.path(lake.uri(name)),
         "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(f.name, str(f.type), description=None) for f in schema]
+            columns=[dg.TableColumn(f.name, str(f.type), description=describe(f.name)) for f in schema]
         ),
     }
     partitions = table.metadata().partition_columns

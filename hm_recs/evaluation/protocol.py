@@ -257,3 +257,31 @@ def metric_table(results: Sequence[EvaluationResult], metrics: Sequence[str] | N
             cells.append(f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if ci and lo != hi else f"{v:.4f}")
         lines.append(f"| {r.model} | {r.week} | {r.n_events} | {r.n_customers} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def comparison_markdown(metrics: pd.DataFrame, extra: pd.DataFrame | None = None,
+                        shown: Sequence[str] = ("MAP@12", "Recall@20", "MRR@20", "Recall@5")) -> str:
+    """The models side by side, narrow enough for a UI panel: one row per (split, model), best
+    MAP@12 first within a split, each metric as ``value [95 % interval]``.
+
+    ``metrics`` is the long frame of :func:`results_frame` (model, split, metric, value, ci_low,
+    ci_high, n); ``extra`` (model, split and any further columns, such as training seconds) is
+    joined on the right.
+    """
+    rows = metrics[metrics.metric.isin(shown)]
+    cell = rows.assign(cell=[f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if lo != hi else f"{v:.4f}"
+                             for v, lo, hi in zip(rows.value, rows.ci_low, rows.ci_high, strict=True)])
+    wide = cell.pivot_table(index=["split", "model"], columns="metric", values="cell", aggfunc="first")
+    order = rows[rows.metric == shown[0]].set_index(["split", "model"])["value"]
+    events = metrics[metrics.metric == shown[0]].set_index(["split", "model"])["n"]
+    wide = wide.reindex(columns=[m for m in shown if m in wide.columns])
+    wide["events"] = events.reindex(wide.index)
+    if extra is not None:
+        wide = wide.join(extra.set_index(["split", "model"]))
+    wide["_order"] = order.reindex(wide.index)
+    wide = wide.reset_index().sort_values(["split", "_order", "model"], ascending=[True, False, True]).drop(columns="_order")
+    cols = list(wide.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in wide.itertuples(index=False):
+        lines.append("| " + " | ".join("" if pd.isna(v) else (f"{v:,.0f}" if isinstance(v, float) else str(v)) for v in r) + " |")
+    return "\n".join(lines)

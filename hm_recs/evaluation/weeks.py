@@ -18,7 +18,16 @@ from hm_recs.evaluation.protocol import (
 from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
 from hm_recs.sessions.split import TimeSplit, load_time_split
 
-METRICS_TABLE = "evaluation/metrics"
+MODEL_FAMILIES = ("popularity", "gru4rec", "bart")
+
+
+def metrics_table(family: str) -> str:
+    """The table of one model family's protocol metrics: each evaluation asset owns one table."""
+    if family not in MODEL_FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {MODEL_FAMILIES}")
+    return f"evaluation/{family}_metrics"
+
+
 EVENTS_TABLE = "evaluation/events"
 TARGETS = ("validation", "test")
 
@@ -50,16 +59,16 @@ def events_table(weeks: dict[str, TargetWeek]) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def write_metrics(lake: Lake, results: Sequence[EvaluationResult], protocol: EvaluationProtocol) -> int:
-    """Replace the metric rows of these models (each evaluation asset owns its models' rows)."""
+def write_metrics(lake: Lake, family: str, results: Sequence[EvaluationResult], protocol: EvaluationProtocol) -> int:
+    """Replace ``family``'s metrics table with these results (a model no longer evaluated leaves it)."""
     frame = results_frame(results)
     frame["mask_history"] = protocol.mask_history
     frame["collapse_repeats"] = protocol.collapse_repeats
     frame["seconds"] = frame["model"].map({r.model: r.seconds for r in results})
-    models = sorted(frame["model"].unique())
-    predicate = "model IN (" + ", ".join(f"'{m}'" for m in models) + ")"
-    return lake.replace_where(METRICS_TABLE, pa.Table.from_pandas(frame, preserve_index=False), predicate)
+    return lake.write(metrics_table(family), pa.Table.from_pandas(frame, preserve_index=False))
 
 
 def read_metrics(lake: Lake) -> pd.DataFrame:
-    return lake.read(METRICS_TABLE).to_pandas() if lake.exists(METRICS_TABLE) else pd.DataFrame()
+    """Every family's metrics that exist, as one frame (empty when none was evaluated)."""
+    tables = [metrics_table(f) for f in MODEL_FAMILIES if lake.exists(metrics_table(f))]
+    return pd.concat([lake.read(t).to_pandas() for t in tables], ignore_index=True) if tables else pd.DataFrame()

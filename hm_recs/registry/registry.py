@@ -19,7 +19,7 @@ import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hm_recs.registry.tracking import TrackedRun, TrackingSettings
+from hm_recs.registry.tracking import MODEL_ID_TAG, TrackedRun, TrackingSettings
 
 RECOMMENDER = "hm_recs_recommender"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -30,14 +30,36 @@ def model_name(model: str) -> str:
     return f"hm_recs_{model}"
 
 
-def register_model(run: TrackedRun, model_dir: Path, name: str, description: str = "", tags: dict | None = None, artifact_path: str = "model"):
-    """Log an MLflow model folder to ``run`` and register it as a new version of ``name``."""
+def register_model(run: TrackedRun, model_dir: Path, name: str, description: str = "", tags: dict | None = None):
+    """Log an MLflow model folder as a logged model of ``run`` (MLflow 3: it appears in the
+    experiment's Models tab, with its metrics linked) and register it as a new version of ``name``."""
     client = run.client
-    client.log_artifacts(run.run_id, str(model_dir), artifact_path)
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    logged = client.create_logged_model(run.settings.experiment_id(), name=name, source_run_id=run.run_id, tags=tags,
+                                        model_type=tags.get("kind"))
+    try:
+        client.log_model_artifacts(logged.model_id, str(model_dir))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(logged.model_id, "READY")
+    client.set_tag(run.run_id, MODEL_ID_TAG, logged.model_id)
     with contextlib.suppress(Exception):  # already registered
         client.create_registered_model(name, description=description or None)
-    source = f"{client.get_run(run.run_id).info.artifact_uri}/{artifact_path}"
-    return client.create_model_version(name, source, run_id=run.run_id, tags={k: str(v) for k, v in (tags or {}).items()})
+    return create_version(run.settings, name, f"models:/{logged.model_id}", run_id=run.run_id, tags=tags,
+                          model_id=logged.model_id)
+
+
+def create_version(settings: TrackingSettings, name: str, source: str, **kwargs):
+    """A new version of registered model ``name`` from ``source``.
+
+    A version knows its logged model through a ``models:/<id>`` source, which MLflow's SQL registry
+    resolves with the process-global tracking URI, not the client's: point it at this store meanwhile.
+    """
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(settings.tracking_uri):
+        return settings.client().create_model_version(name, source, **kwargs)
 
 
 @dataclass
@@ -153,7 +175,7 @@ def promote(settings: TrackingSettings, candidate: Candidate, metric: str, min_i
     candidate = Candidate(candidate.model, candidate.registered, candidate.version, candidate.score, candidate.week, trained_before)
     with contextlib.suppress(Exception):
         client.create_registered_model(RECOMMENDER, description="The recommender served to customers: its champion alias is the model in use.")
-    version = client.create_model_version(RECOMMENDER, src.source, run_id=src.run_id, tags={
+    version = create_version(settings, RECOMMENDER, src.source, run_id=src.run_id, tags={
         "model": candidate.model, "registered_as": f"{candidate.registered}/{candidate.version}",
         "metric": metric, "validation_score": f"{candidate.score:.6f}", "validation_week": candidate.week,
         "trained_before": trained_before, **{k: src.tags[k] for k in ("data_end",) if k in src.tags},

@@ -16,6 +16,7 @@ from hm_recs.registry.pyfunc import histories_frame
 from hm_recs.sessions.purchases import ARTICLE_FEATURES, CUSTOMER_FEATURES, load_purchases, sorted_ids
 
 RECOMMENDATIONS_TABLE = "serving/recommendations"
+UNKNOWN_TABLE = "serving/unknown_customer"  # what the champion answers for a customer it does not know
 FALLBACK_LENGTH = 200
 FALLBACK = "time-decayed popularity (half-life 7 days) over every purchase up to the end of the data"
 
@@ -72,19 +73,34 @@ def write_submission(predictions: pd.DataFrame, customer_ids: list[str], path: P
     return path
 
 
-def recommendations_for(lk, customer_id: str, k: int = 12) -> pd.DataFrame | None:
-    """One customer's stored recommendations with article names; None when the id is unknown."""
+def unknown_customer_answer(model, customer_ids: list[str]) -> pd.DataFrame:
+    """The served model's answer for a customer it does not know (a well-formed id that is in no
+    history), so the CLI answers an unknown id as the REST endpoint does."""
+    taken = set(customer_ids)
+    probe = next(c * 64 for c in "0123456789abcdef" if c * 64 not in taken)
+    frame = pd.DataFrame({"customer_id": [probe]})
+    out = model.predict(frame) if hasattr(model, "predict") else model.predict_frame(frame)
+    return out.drop(columns=["customer_id", "ignored_history_ids"], errors="ignore")
+
+
+def recommendations_for(lk, customer_id: str, k: int = 12) -> pd.DataFrame:
+    """One customer's stored recommendations with article names; a customer the recommendations run
+    did not know gets the champion's answer for unknown customers (``attrs['source']`` says which)."""
     import pyarrow.compute as pc
 
     if not lk.exists(RECOMMENDATIONS_TABLE):
         raise FileNotFoundError(f"{lk.uri(RECOMMENDATIONS_TABLE)} does not exist: materialize the recommendations asset (make demo)")
     rows = lk.read(RECOMMENDATIONS_TABLE).filter(pc.equal(pc.field("customer_id"), customer_id)).to_pylist()
     if not rows:
-        return None
+        if not lk.exists(UNKNOWN_TABLE):
+            raise FileNotFoundError(f"{lk.uri(UNKNOWN_TABLE)} does not exist: materialize the recommendations asset again")
+        rows = lk.read(UNKNOWN_TABLE).to_pylist()
+        rows[0]["cold_start"] = True
     ids = rows[0]["prediction"].split()[:k]
     arts = lk.read(ARTICLE_FEATURES, columns=["article_id", "prod_name", "product_type_name", "colour_group_name"]).to_pandas().set_index("article_id")
     out = arts.reindex(ids).reset_index()
     out.insert(0, "rank", range(1, len(out) + 1))
-    out.attrs.update({"model": rows[0]["model"], "version": rows[0]["model_version"], "week_start": str(rows[0]["week_start"]), "cold_start": rows[0]["cold_start"]})
+    out.attrs.update({"model": rows[0]["model"], "version": rows[0]["model_version"], "week_start": str(rows[0]["week_start"]),
+                      "cold_start": rows[0]["cold_start"], "source": rows[0].get("source", "model")})
     return out
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EXPERIMENT = "hm_recs"
+MODEL_ID_TAG = "hm_recs.model_id"  # run tag: the MLflow logged model the run produced
 _READY: set[str] = set()  # SQLite stores whose schema this process has seen created
 
 
@@ -102,13 +103,19 @@ class TrackedRun:
         for i in range(0, len(flat), 100):
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flat[i : i + 100]])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def model_id(self) -> str | None:
+        """The logged model this run produced (set when it was registered), if any."""
+        return self.client.get_run(self.run_id).data.tags.get(MODEL_ID_TAG)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None) -> None:
+        """Metrics of the run; with ``model_id`` also linked to that logged model (its Models-tab row)."""
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        rows = [Metric(k.replace("@", "_at_"), float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        rows = [Metric(k.replace("@", "_at_"), float(v), now, step or 0, model_id=model_id)
+                for k, v in metrics.items() if v is not None]
         if rows:
             self.client.log_batch(self.run_id, metrics=rows)
 
@@ -127,8 +134,22 @@ class TrackedRun:
             if v is not None:
                 self.client.set_tag(self.run_id, k, str(v))
 
-    def log_inputs(self, tables: Mapping[str, tuple[str, int | None]]) -> None:
-        """The exact input data: each Delta table's URI and version, as tags and an ``inputs.json``."""
+    def log_inputs(self, tables: Mapping[str, tuple[str, int | None]], context: str = "training") -> None:
+        """The exact input data: each Delta table's URI and version as an MLflow dataset (the run's
+        Datasets column and page), as tags and as an ``inputs.json``."""
+        from mlflow.data.delta_dataset_source import DeltaDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        datasets = [
+            DatasetInput(
+                MetaDataset(DeltaDatasetSource(path=uri, delta_table_version=version), name=name,
+                            digest=f"v{version}")._to_mlflow_entity(),
+                tags=[InputTag("mlflow.data.context", context)],
+            )
+            for name, (uri, version) in tables.items()
+        ]
+        self.client.log_inputs(self.run_id, datasets=datasets)
         self.set_tags({f"input.{name}": f"{uri}@v{version}" for name, (uri, version) in tables.items()})
         self.log_text(json.dumps({n: {"uri": u, "version": v} for n, (u, v) in tables.items()}, indent=2), "inputs.json")
 

@@ -27,7 +27,7 @@ from hm_recs.defs.resources import (
 )
 from hm_recs.defs.vqgan.assets import CODEBOOK, IMAGE_TOKENS
 from hm_recs.evaluation.protocol import evaluate, metric_table
-from hm_recs.evaluation.weeks import METRICS_TABLE, load_target_weeks, write_metrics
+from hm_recs.evaluation.weeks import load_target_weeks, metrics_table, write_metrics
 from hm_recs.models.bart import VARIANTS, SequenceCodec, load_bart
 from hm_recs.models.gru4rec import GRU4RecRecommender
 from hm_recs.profiles import TORCH_STEP
@@ -160,7 +160,7 @@ def bart_evaluation(
         index,
         progress=context.log.info,
     )
-    write_metrics(lk, result.results, protocol)
+    write_metrics(lk, "bart", result.results, protocol)
     lk.write(
         BART_TEXT_TABLE,
         pa.Table.from_pylist([{**r, "f1_ci": json.dumps(r.get("f1_ci"))} for r in result.text_rows]),
@@ -169,7 +169,7 @@ def bart_evaluation(
     if result.cold_start:
         lk.write(BART_COLD_START_TABLE, pa.Table.from_pylist(result.cold_start))
 
-    meta = table_metadata(lk, METRICS_TABLE, preview_rows=0)
+    meta = table_metadata(lk, metrics_table("bart"), preview_rows=0)
     meta.update(protocol_metadata(protocol))
     meta["shared_protocol"] = dg.MetadataValue.md(metric_table(result.results + baselines))
     meta["paired_differences"] = dg.MetadataValue.md(_diff_table(result.comparisons))

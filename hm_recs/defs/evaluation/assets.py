@@ -14,9 +14,9 @@ from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.evaluation.protocol import EvaluationProtocol, evaluate, metric_table
 from hm_recs.evaluation.weeks import (
     EVENTS_TABLE,
-    METRICS_TABLE,
     events_table,
     load_target_weeks,
+    metrics_table,
     write_metrics,
 )
 from hm_recs.plots import metric_bars
@@ -84,8 +84,8 @@ def popularity_evaluation(lake: LakeResource, evaluation_protocol: EvaluationPro
     protocol = evaluation_protocol.protocol()
     weeks = load_target_weeks(lk, protocol)
     results = [evaluate(load_popularity(lk, v, name), week, protocol) for name, week in weeks.items() for v in VARIANTS]
-    write_metrics(lk, results, protocol)
-    meta = table_metadata(lk, METRICS_TABLE, preview_rows=0)
+    write_metrics(lk, "popularity", results, protocol)
+    meta = table_metadata(lk, metrics_table("popularity"), preview_rows=0)
     meta["metrics"] = dg.MetadataValue.md(metric_table(results))
     meta.update(protocol_metadata(protocol))
     rows = [row for r in results for row in r.rows()]

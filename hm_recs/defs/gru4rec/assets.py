@@ -17,7 +17,7 @@ from hm_recs.defs.resources import ComputeResource, EvaluationProtocolResource, 
 from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.evaluation.metrics import DEFAULT_KS, paired_bootstrap_diff
 from hm_recs.evaluation.protocol import evaluate, metric_table
-from hm_recs.evaluation.weeks import METRICS_TABLE, load_target_weeks, write_metrics
+from hm_recs.evaluation.weeks import load_target_weeks, metrics_table, write_metrics
 from hm_recs.models.gru4rec import (
     PRESETS,
     GRU4Rec,
@@ -196,13 +196,13 @@ def gru4rec_evaluation(
         table2[target] = model.evaluate_sessions(data, skipped=skipped)
         for mode in ("session", "warm"):
             results.append(evaluate(GRU4RecRecommender(model, mode), weeks[target], protocol))
-    write_metrics(lk, results, protocol)
+    write_metrics(lk, "gru4rec", results, protocol)
 
     pop = load_popularity(lk, "all_time", "validation")
     pop_val = evaluate(pop, weeks["validation"], protocol)
     gru_val = next(r for r in results if r.week == "validation" and r.model == "gru4rec_session")
     diff = paired_bootstrap_diff(gru_val.per_event["Recall@20"], pop_val.per_event["Recall@20"], gru_val.event_units, protocol.n_bootstrap)
-    meta = table_metadata(lk, METRICS_TABLE, preview_rows=0)
+    meta = table_metadata(lk, metrics_table("gru4rec"), preview_rows=0)
     meta["table2"] = dg.MetadataValue.md(table2_markdown(table2))
     meta["shared_protocol"] = dg.MetadataValue.md(metric_table(results + [pop_val]))
     meta["vs_pop_recall20_validation"] = dg.MetadataValue.json(diff)

@@ -14,7 +14,8 @@ from hm_recs.defs.gru4rec.assets import gru4rec_evaluation
 from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
 from hm_recs.defs.registry.logged_models import cached_serving_data, mlflow_metadata
 from hm_recs.defs.resources import EvaluationProtocolResource, LakeResource, MLflowResource
-from hm_recs.evaluation.weeks import METRICS_TABLE, read_metrics
+from hm_recs.evaluation.protocol import comparison_markdown
+from hm_recs.evaluation.weeks import MODEL_FAMILIES, metrics_table, read_metrics
 from hm_recs.paths import state_dir
 from hm_recs.plots import metric_bars
 from hm_recs.registry.registry import (
@@ -31,8 +32,10 @@ from hm_recs.registry.registry import (
 from hm_recs.registry.serving import (
     FALLBACK,
     RECOMMENDATIONS_TABLE,
+    UNKNOWN_TABLE,
     next_week,
     recommend_all,
+    unknown_customer_answer,
     write_submission,
 )
 from hm_recs.sessions.split import load_time_split
@@ -79,7 +82,7 @@ def model_comparison(context: AssetExecutionContext, lake: LakeResource, mlflow:
     lk = lake.lake()
     metrics = read_metrics(lk)
     if metrics.empty:
-        raise ValueError(f"{METRICS_TABLE} is empty: materialize the evaluation assets first")
+        raise ValueError("no evaluation metrics: materialize the evaluation assets first")
     wide = metrics.pivot_table(index=["model", "split"], columns="metric", values="value", aggfunc="first")
     events = metrics[metrics.metric == "Recall@1"].set_index(["model", "split"])["n"]
     frame = wide.reindex(columns=[c for c in COMPARED if c in wide.columns]).reset_index()
@@ -95,19 +98,19 @@ def model_comparison(context: AssetExecutionContext, lake: LakeResource, mlflow:
     frame = frame.sort_values(["split", "MAP@12"], ascending=[True, False], ignore_index=True)
     lk.write(COMPARISON_TABLE, pa.Table.from_pandas(frame, preserve_index=False))
 
-    shown = frame.copy()
-    for c in [*COMPARED, "bertscore_f1"]:
-        if c in shown:
-            shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
     test_rows = metrics[(metrics.split == "test")].to_dict("records")
     chart = metric_bars(test_rows, "MAP@12", "MAP@12 on the test week (95 % bootstrap intervals)")
     meta = table_metadata(lk, COMPARISON_TABLE, preview_rows=0)
-    meta["comparison"] = dg.MetadataValue.md(markdown_table(pa.Table.from_pandas(shown.drop(columns=["registered_model"]), preserve_index=False))
-                                             + "\n\nEvery row is scored on the same protocol; `events` below the week's full count means a seeded sample (BART on CPU).")
+    extra = frame[["model", "split", "training_seconds", "parameters"]].rename(
+        columns={"training_seconds": "train s", "parameters": "params"})
+    meta["comparison"] = dg.MetadataValue.md(
+        comparison_markdown(metrics, extra) + "\n\nValues with 95 % bootstrap intervals, every row on the same protocol; "
+        "`events` below the week's full count means a seeded sample (BART on CPU). Every metric (Recall and MRR @ 1, 3, 5, "
+        f"10, 20, BERTScore) is in `{COMPARISON_TABLE}` and in the MLflow run's model_comparison.csv.")
     meta.update(image_metadata(chart, "model_comparison_map12", "MAP@12 on the test week"))
     logged = log_model_metrics(mlflow.settings(), metrics, {n: f["run_id"] for n, f in facts.items()})
     meta["metrics_on_model_runs"] = dg.MetadataValue.json(logged)
-    with mlflow.run(context, "model_comparison", lk, (METRICS_TABLE,)) as run:
+    with mlflow.run(context, "model_comparison", lk, tuple(metrics_table(f) for f in MODEL_FAMILIES)) as run:
         run.log_text(frame.to_csv(index=False), "model_comparison.csv")
         run.log_image(chart, "model_comparison_map12.png")
         for r in frame.to_dict("records"):
@@ -133,7 +136,8 @@ def log_model_metrics(settings, metrics: pd.DataFrame, runs: dict[str, str]) -> 
         for r in rows.to_dict("records"):
             key = f"{prefix}{r['split']}_{r['metric'].replace('@', '_at_')}"
             values.update({key: r["value"], f"{key}_ci_low": r["ci_low"], f"{key}_ci_high": r["ci_high"]})
-        TrackedRun(settings, runs[name]).log_metrics({k: float(v) for k, v in values.items() if v == v})
+        run = TrackedRun(settings, runs[name])
+        run.log_metrics({k: float(v) for k, v in values.items() if v == v}, model_id=run.model_id())
         done[model] = runs[name]
     return done
 
@@ -234,6 +238,9 @@ def recommendations(context: AssetExecutionContext, lake: LakeResource, mlflow: 
     preds["model_version"] = int(champion.version)
     preds["cold_start"] = ~preds["customer_id"].isin(known)
     lk.write(RECOMMENDATIONS_TABLE, pa.Table.from_pandas(preds, preserve_index=False))
+    unknown = unknown_customer_answer(model, customers).assign(
+        week_start=start, model=preds["model"].iloc[0], model_version=int(champion.version))
+    lk.write(UNKNOWN_TABLE, pa.Table.from_pandas(unknown, preserve_index=False))
     folder = state_dir() / "submissions"
     path = write_submission(preds, customers, folder / f"submission_{start.isoformat()}.csv")
     (folder / "submission.csv").write_bytes(path.read_bytes())

@@ -1,0 +1,105 @@
+"""What the lake's columns mean, in one place: the Dagster UI shows these descriptions in every
+table asset's column schema (``dagster/column_schema``), so a reader of a table page does not have
+to find the code that wrote it. A column keeps one meaning in every table that holds it.
+"""
+
+from __future__ import annotations
+
+COLUMN_DESCRIPTIONS: dict[str, str] = {
+    # the Kaggle files (articles.csv, customers.csv, transactions_train.csv)
+    "article_id": "H&M article id: 10 digits, the first 7 are the product code",
+    "product_code": "7-digit product: the articles of one product differ in colour or pattern",
+    "prod_name": "product name",
+    "product_type_no": "product type code",
+    "product_type_name": "product type (Trousers, Sweater, ...)",
+    "product_group_name": "product group (Garment Upper body, ...)",
+    "graphical_appearance_no": "graphical appearance code",
+    "graphical_appearance_name": "graphical appearance (Solid, Stripe, ...)",
+    "colour_group_code": "colour group code",
+    "colour_group_name": "colour group (Black, Light Blue, ...)",
+    "perceived_colour_value_id": "perceived colour value code",
+    "perceived_colour_value_name": "perceived colour value (Dark, Light, ...)",
+    "perceived_colour_master_id": "perceived colour master code",
+    "perceived_colour_master_name": "perceived colour master (Black, Blue, ...)",
+    "department_no": "department code",
+    "department_name": "department",
+    "index_code": "index letter (A = Ladieswear, ...)",
+    "index_name": "index (Ladieswear, Divided, ...)",
+    "index_group_no": "index group code",
+    "index_group_name": "index group",
+    "section_no": "section code",
+    "section_name": "section",
+    "garment_group_no": "garment group code",
+    "garment_group_name": "garment group",
+    "detail_desc": "free-text product description (may be empty)",
+    "customer_id": "customer: 64 lowercase hex characters, as in customers.csv",
+    "FN": "1.0 when the customer receives fashion news, else empty",
+    "Active": "1.0 when the customer is active for communication, else empty",
+    "club_member_status": "ACTIVE, PRE-CREATE or LEFT CLUB",
+    "fashion_news_frequency": "NONE, Regularly or Monthly",
+    "age": "age in years (empty when unknown)",
+    "postal_code": "hashed postal code",
+    "t_dat": "purchase day",
+    "price": "price, scaled by H&M (not a currency amount)",
+    "sales_channel_id": "1 = store, 2 = online",
+    # lineage of every row back to its file
+    "source_file": "the raw file the row was read from",
+    "line": "physical line of the raw file on which the record starts (header = 1; Parquet: row number)",
+    # rejects
+    "table": "the contract the row failed (articles, customers, transactions)",
+    "stage": "parse (malformed record) or validate (a field breaks a rule)",
+    "fields": "the fields that failed, comma-separated (* for the whole record)",
+    "reason": "why the row was rejected, naming the field and the rule",
+    "record": "the rejected record as written in the file",
+    # indices and sessions
+    "article_idx": "dense article index (0..articles-1, in article_id order); what the models see",
+    "customer_idx": "dense customer index (in customer_id order)",
+    "session_id": "one customer's purchases of one week",
+    "week_start": "first day (a Wednesday) of the week the row belongs to",
+    "event_idx": "position of the purchase within its session",
+    "session_length": "purchases in the session",
+    "is_consecutive_repeat": "the same article as the previous purchase of the session",
+    # evaluation
+    "model": "protocol name of the model (pop_all_time, gru4rec_warm, bart_semantic_id, ...)",
+    "split": "validation or test: the target week the row is scored on",
+    "metric": "Recall@K, MRR@K, NDCG@K, MAP@12 or Coverage@12",
+    "value": "the metric's value on every event (or customer, for MAP@12) of the week",
+    "ci_low": "lower end of the 95 % bootstrap interval (customers resampled)",
+    "ci_high": "upper end of the 95 % bootstrap interval (customers resampled)",
+    "n": "events scored (customers for MAP@12 and Coverage@12)",
+    "seconds": "wall time of the evaluation",
+    "mask_history": "the protocol masked the customer's earlier purchases",
+    "collapse_repeats": "the protocol collapsed consecutive repeats of one article",
+    "target_article_idx": "the article bought at the event (what the model must rank)",
+    "history_length": "purchases before the event",
+    "session_position": "purchases before the event within its session",
+    "events": "events scored; below the week's full count means a seeded sample",
+    "training_seconds": "training time recorded on the model's MLflow run",
+    "parameters": "trainable parameters of the model",
+    "bertscore_f1": "BERTScore F1 of the generated text against the bought article's text (BART text variants)",
+    "registered_model": "the MLflow registered model the row's model is a version of",
+    # serving
+    "prediction": "12 article ids separated by spaces, best first (the Kaggle submission format)",
+    "source": "model, or which fallback answered (unknown customer, no usable history)",
+    "model_version": "version of the served registered model",
+    "cold_start": "the customer has no purchases: the list is the popularity fallback",
+    # images
+    "path": "image file path",
+    "status": "ok, or why the image could not be used (missing, corrupt, ...)",
+    "error": "the decoding error of an unusable image",
+    "width": "image width in pixels",
+    "height": "image height in pixels",
+    "tokens": "VQGAN codebook indices of the image, row-major",
+    "token_grid": "side of the square token grid",
+    "code": "codebook index",
+    "embedding": "the code's vector",
+}
+
+
+def describe(column: str) -> str | None:
+    """The description of ``column`` (metric columns such as ``MAP@12`` describe themselves)."""
+    if column in COLUMN_DESCRIPTIONS:
+        return COLUMN_DESCRIPTIONS[column]
+    if "@" in column:
+        return f"{column} on the split's events"
+    return None
