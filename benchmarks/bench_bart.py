@@ -133,8 +133,8 @@ def _fmt(v, lo=None, hi=None) -> str:
 
 
 def render(lake, variants, training, steps, checks, grounding, args, seconds, timings) -> str:
-    from hm_recs.defs.bart.evaluation import BART_COLD_START_TABLE, BART_COMPARISONS_TABLE, BART_TEXT_TABLE
     from hm_recs.evaluation.weeks import read_metrics
+    from hm_recs.tables import BART_COLD_START_TABLE, BART_COMPARISONS_TABLE, BART_TEXT_TABLE
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True

@@ -49,10 +49,10 @@ def prepare(work: Path, scale: str):
     from hm_recs.data.delta import Lake
     from hm_recs.data.preprocess import article_features, customer_features
     from hm_recs.data.schema import ARTICLES, CUSTOMERS, TRANSACTIONS
-    from hm_recs.sessions.purchases import ARTICLE_FEATURES, CUSTOMER_FEATURES
-    from hm_recs.sessions.sessionize import SESSIONS_TABLE, read_delta, sessionize, write_sessions
+    from hm_recs.sessions.sessionize import read_delta, sessionize, write_sessions
     from hm_recs.sessions.spark import get_spark, spark_conf
     from hm_recs.synth.generator import generate
+    from hm_recs.tables import ARTICLE_FEATURES, CUSTOMER_FEATURES, SESSIONS_TABLE
 
     data, lake = work / f"synthetic-{scale}", Lake(str(work / f"lake-{scale}"))
     if not (data / "SYNTHETIC.json").exists():

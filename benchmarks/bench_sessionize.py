@@ -129,9 +129,10 @@ def main() -> int:
     from hm_recs.data import ingest
     from hm_recs.data.delta import Lake
     from hm_recs.data.schema import ARTICLES, CUSTOMERS, TRANSACTIONS
-    from hm_recs.sessions.sessionize import SESSIONS_TABLE, read_delta, sessionize, write_sessions
+    from hm_recs.sessions.sessionize import read_delta, sessionize, write_sessions
     from hm_recs.sessions.spark import get_spark, spark_conf
     from hm_recs.synth.generator import generate
+    from hm_recs.tables import SESSIONS_TABLE
 
     work = Path(args.work)
     data = work / f"synthetic-{args.scale}"

@@ -123,7 +123,7 @@ def run_demo(scale: str = "small", seed: int = 0, data_dir: str | None = None, p
 def champion_summary(lake) -> str:
     """Which model serves, and where its recommendations are."""
     from hm_recs.paths import state_dir
-    from hm_recs.registry.serving import RECOMMENDATIONS_TABLE
+    from hm_recs.tables import RECOMMENDATIONS_TABLE
 
     if not lake.exists(RECOMMENDATIONS_TABLE):
         return "\n(no recommendations: the evaluate job did not reach them)"

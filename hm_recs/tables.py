@@ -1,9 +1,51 @@
-"""What the lake's columns mean, in one place: the Dagster UI shows these descriptions in every
-table asset's column schema (``dagster/column_schema``), so a reader of a table page does not have
-to find the code that wrote it. A column keeps one meaning in every table that holds it.
+"""The lake's tables and what their columns mean, in one place.
+
+Every table name is defined here once; the modules that read or write a table import its name
+(as the Dagster open platform keeps its table names). The column descriptions are what the Dagster
+UI shows in every table asset's column schema (``dagster/column_schema``), so a reader of a table
+page does not have to find the code that wrote it; a column keeps one meaning in every table.
 """
 
 from __future__ import annotations
+
+# The lake's tables, by name: each defined here once (the modules that write them import it).
+REJECTS_TABLE = "rejects"  # every rejected row of every file, with file, line, fields and reason
+# size:sha256 of each raw file the raw steps last read (the file sensor compares)
+INGESTED_FILES_TABLE = "ops/ingested_files"
+RUN_FAILURES_TABLE = "ops/run_failures"  # failed runs with their steps' errors and end time
+IMAGE_MANIFEST = "images/manifest"  # one row per article image: path, size, status
+ARTICLE_FEATURES = "features/articles"  # the catalogue with dense article_idx: what every model ranks
+CUSTOMER_FEATURES = "features/customers"  # customers with dense customer_idx
+SESSIONS_TABLE = "sessions/purchases"  # purchases grouped into weekly sessions, partitioned by week_start
+TIME_SPLIT_TABLE = "splits/time_split"  # the train / validation / test week boundaries
+POPULARITY_TABLE = "baselines/popularity"  # the three popularity rankings per target week
+EVENTS_TABLE = "evaluation/events"  # the prediction events every model answers
+COMPARISON_TABLE = "evaluation/model_comparison"  # every model on the same weeks, one row per (model, split)
+# reconstruction quality (PSNR, SSIM, LPIPS) of the base and fine-tuned VQGAN
+VQGAN_EVALUATION_TABLE = "evaluation/vqgan"
+IMAGE_TOKENS = "images/tokens"  # each article image as VQGAN codebook indices
+CODEBOOK = "images/codebook"  # the fine-tuned VQGAN's codebook vectors
+SEQUENCES = "bart/sequences"  # BART training pairs: purchase history -> next article
+SEMANTIC_IDS = "bart/semantic_ids"  # each article's semantic-ID code sequence
+BART_TEXT_TABLE = "evaluation/bart_text"  # BERTScore of generated article texts per variant and week
+# paired differences between BART variants and the baselines
+BART_COMPARISONS_TABLE = "evaluation/bart_comparisons"
+BART_COLD_START_TABLE = "evaluation/bart_cold_start"  # BART and baselines on customers with short histories
+# the champion's 12 articles for every customer, for the week after the data
+RECOMMENDATIONS_TABLE = "serving/recommendations"
+UNKNOWN_TABLE = "serving/unknown_customer"  # the champion's answer for a customer it does not know
+METRICS_TABLES = {family: f"evaluation/{family}_metrics" for family in ("popularity", "gru4rec", "bart")}
+"""Each evaluation asset's protocol metrics (see :func:`hm_recs.evaluation.weeks.metrics_table`)."""
+
+
+def raw_table(name: str) -> str:
+    """The text copy of a Kaggle file (``articles`` -> ``raw/articles``)."""
+    return f"raw/{name}"
+
+
+def clean_table(name: str) -> str:
+    """The validated, typed table of a Kaggle file (``articles`` -> ``clean/articles``)."""
+    return f"clean/{name}"
 
 COLUMN_DESCRIPTIONS: dict[str, str] = {
     # the Kaggle files (articles.csv, customers.csv, transactions_train.csv)
@@ -76,7 +118,7 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "events": "events scored; below the week's full count means a seeded sample",
     "training_seconds": "training time recorded on the model's MLflow run",
     "parameters": "trainable parameters of the model",
-    "bertscore_f1": "BERTScore F1 of the generated text against the bought article's text (BART text variants)",
+    "bertscore_f1": "BERTScore F1 of the generated text against the bought article's (BART text variants)",
     "registered_model": "the MLflow registered model the row's model is a version of",
     # serving
     "prediction": "12 article ids separated by spaces, best first (the Kaggle submission format)",

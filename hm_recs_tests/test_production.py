@@ -39,7 +39,8 @@ CLUSTER_SCRIPT = textwrap.dedent('''
 
 
 def test_sessionization_on_a_spark_standalone_cluster_equals_local_mode(spark, tiny_dataset, tmp_path):
-    from hm_recs.sessions.sessionize import SESSIONS_TABLE, read_delta, sessionize, write_sessions
+    from hm_recs.sessions.sessionize import read_delta, sessionize, write_sessions
+    from hm_recs.tables import SESSIONS_TABLE
 
     lake = Lake(str(tmp_path / "lake"))
     for c in (ARTICLES, CUSTOMERS, TRANSACTIONS):

@@ -18,7 +18,7 @@ def test_pipeline_on_the_real_sample(spark, tmp_path, monkeypatch):
     from hm_recs.defs.resources import configured_lake
     from hm_recs.demo import SMOKE_MODELS, run_pipeline
     from hm_recs.evaluation.weeks import read_metrics
-    from hm_recs.sessions.sessionize import SESSIONS_TABLE
+    from hm_recs.tables import SESSIONS_TABLE
 
     monkeypatch.setenv("HM_DATA_DIR", str(REAL_SAMPLE))
     monkeypatch.setenv("HM_LAKE_URI", str(tmp_path / "lake"))

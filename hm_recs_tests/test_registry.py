@@ -120,6 +120,7 @@ def test_a_registered_model_is_a_logged_model_with_its_metrics_and_input_dataset
     # the registered version points at the logged model (the registry page links to it)
     model_id = logged[0].model_id
     assert logged[0].source_run_id == version.run_id and version.source == f"models:/{model_id}"
+    assert '"name": "hm_recs_pop_test"' in logged[0].tags["mlflow.modelVersions"]
     run = TrackedRun(tracking, version.run_id)
     run.log_metrics({"test_MAP_at_12": 0.03}, model_id=run.model_id())
     assert {m.key: m.value for m in client.get_logged_model(model_id).metrics} == {"test_MAP_at_12": 0.03}
@@ -298,7 +299,8 @@ def test_the_file_sensor_reacts_to_new_content_once_it_has_settled(tmp_path):
 
 def test_failures_are_recorded(tmp_path):
     from hm_recs.data.delta import Lake
-    from hm_recs.defs.automation import RUN_FAILURES_TABLE, record_failure
+    from hm_recs.defs.automation import record_failure
+    from hm_recs.tables import RUN_FAILURES_TABLE
 
     lake = Lake(str(tmp_path / "lake"))
     record_failure(lake, "run-1", "evaluate", "boom")

@@ -11,7 +11,8 @@ import pytest
 from hm_recs.data import ingest
 from hm_recs.data.delta import Lake
 from hm_recs.data.schema import ARTICLES, CUSTOMERS, TRANSACTIONS
-from hm_recs.sessions.sessionize import SESSIONS_TABLE, read_delta, sessionize, week_start_of, write_sessions
+from hm_recs.sessions.sessionize import read_delta, sessionize, week_start_of, write_sessions
+from hm_recs.tables import SESSIONS_TABLE
 
 pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
 

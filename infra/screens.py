@@ -6,8 +6,10 @@ Starts the Dagster webserver (on the demo's instance, ``$DAGSTER_HOME`` or ``sta
 the MLflow UI (on ``HM_MLFLOW_TRACKING_URI`` or ``state/mlflow/mlflow.db``) on spare ports, saves
 the asset graph, the ``model_comparison`` asset page, the MLflow experiment's Models tab and the
 MLflow compare view of every model run, then stops both servers. Needs Debian's ``chromium``
-(``apt-get install chromium``); the pages are single-page apps, so each gets a virtual-time budget
-to render before the shot.
+(``apt-get install chromium``) driven by Playwright (``pip install playwright``; no browser
+download: it runs the system Chromium). The pages are single-page apps: each shot waits until the
+page's network is idle and its expected text is shown, and Dagster's first-visit community dialog
+is dismissed as a user would (Skip).
 """
 
 from __future__ import annotations
@@ -38,12 +40,44 @@ def _wait(url: str, seconds: float = 180) -> None:
     raise TimeoutError(f"{url} did not answer within {seconds:.0f} s")
 
 
-def _shot(chromium: str, url: str, path: Path, size: str, budget_ms: int) -> None:
-    subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={size}",
-         f"--virtual-time-budget={budget_ms}", f"--screenshot={path}", url],
-        check=True, capture_output=True, timeout=180,
-    )
+# MLflow keeps its UI choices in localStorage: the model-training sidebar (it opens in GenAI mode)
+# and the assistant panel closed, as a user who chose them once would see the pages
+MLFLOW_UI_CHOICES = """
+if (location.port === "%s") {
+  localStorage.setItem("mlflow.workflowType_v1", JSON.stringify("machine_learning"));
+  localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
+  localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
+  // the runs table ranked by test-week MAP@12, with its interval, as "Columns" + "Sort" would set it
+  const metric = (k) => "metrics.`" + k + "`";
+  localStorage.setItem('MLflowLocalStorage-1.1-ExperimentPage-["%s"]-ReactComponentState', JSON.stringify({
+    orderByKey: metric("test_MAP_at_12"), orderByAsc: false, lifecycleFilter: "Active", startTime: "ALL",
+    selectedColumns: ["attributes.`Dataset`", "attributes.`Models`", metric("test_MAP_at_12"),
+                      metric("test_MAP_at_12_ci_low"), metric("test_MAP_at_12_ci_high"), metric("test_Recall_at_20")],
+  }));
+}
+"""
+
+
+def _dismiss(page) -> None:
+    """What a user closes first: Dagster's community dialog."""
+    skip = page.get_by_role("button", name="Skip")
+    if skip.count():
+        skip.first.click()
+        page.wait_for_timeout(500)
+
+
+def _shot(page, url: str, path: Path, expect: str, height: int, settle_ms: int, steps=()) -> None:
+    """Open ``url``, wait for ``expect``, do ``steps`` (("click", text)), save the viewport."""
+    page.set_viewport_size({"width": 1600, "height": height})  # the UIs scroll inside panels, not the page
+    page.goto(url, wait_until="commit", timeout=120_000)
+    page.get_by_text(expect).first.wait_for(timeout=120_000)
+    page.wait_for_timeout(settle_ms)
+    _dismiss(page)
+    for action, text in steps:
+        if action == "click":
+            page.get_by_text(text, exact=True).first.click()
+        page.wait_for_timeout(settle_ms)
+    page.screenshot(path=str(path))
     print(f"{path}  <- {url}")
 
 
@@ -61,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "screens"), help="folder for the PNG files")
     parser.add_argument("--dagster-port", type=int, default=3333)
     parser.add_argument("--mlflow-port", type=int, default=5555)
-    parser.add_argument("--budget-ms", type=int, default=25000, help="virtual time each page gets to render")
+    parser.add_argument("--settle-ms", type=int, default=3000, help="wait after the page shows its content")
     args = parser.parse_args(argv)
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -85,15 +119,27 @@ def main(argv: list[str] | None = None) -> int:
         _wait(f"{dagster}/server_info")
         _wait(f"{mlflow}/health")
         experiment, runs = _model_runs(tracking)
-        compare = "#/compare-runs?" + urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([experiment])})
-        shots = [
-            ("dagster_asset_graph.png", f"{dagster}/asset-groups", "1600,1000"),
-            ("dagster_model_comparison.png", f"{dagster}/assets/model_comparison", "1600,1400"),
-            ("mlflow_models_tab.png", f"{mlflow}/#/experiments/{experiment}/models", "1600,900"),
-            ("mlflow_compare_runs.png", f"{mlflow}/{compare}", "1600,1400"),
+        compact = {"separators": (",", ":")}
+        compare = "#/compare-runs?" + urllib.parse.urlencode(
+            {"runs": json.dumps(runs, **compact), "experiments": json.dumps([experiment], **compact)})
+        asset = f"{dagster}/assets/model_comparison"
+        shots = [  # file, page, text the page shows once rendered, viewport height, steps
+            ("dagster_asset_graph.png", f"{dagster}/locations/hm_recs/asset-groups/evaluation", "model_comparison", 1000, ()),
+            ("dagster_model_comparison.png", asset, "Columns", 2250, ()),
+            ("dagster_comparison_table.png", asset, "Columns", 1000, (("click", "[Show Markdown]"),)),
+            ("mlflow_runs.png", f"{mlflow}/#/experiments/{experiment}/runs", "model_comparison", 900, ()),
+            ("mlflow_models_tab.png", f"{mlflow}/#/experiments/{experiment}/models", "hm_recs_gru4rec", 900, ()),
+            ("mlflow_compare_runs.png", f"{mlflow}/{compare}", "Metrics", 2000, ()),
         ]
-        for name, url, size in shots:
-            _shot(chromium, url, out / name, size, args.budget_ms)
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.add_init_script(MLFLOW_UI_CHOICES % (args.mlflow_port, experiment))
+            for name, url, expect, height, steps in shots:
+                _shot(page, url, out / name, expect, height, args.settle_ms, steps)
+            browser.close()
     finally:
         for p in servers:
             p.terminate()

@@ -22,18 +22,17 @@ from hm_recs.data.delta import Lake
 from hm_recs.data.reader import Reject, read_raw_batches
 from hm_recs.data.schema import REJECTS_SCHEMA, TableContract, find_table_file
 from hm_recs.data.validate import TableValidator, rejects_table
+from hm_recs.tables import INGESTED_FILES_TABLE, REJECTS_TABLE, clean_table, raw_table
 
-REJECTS_TABLE = "rejects"
 # what each raw step read: file name, size and content hash (the file sensor compares with it)
-INGESTED_FILES_TABLE = "ops/ingested_files"
 
 
 def raw_table_name(contract: TableContract) -> str:
-    return f"raw/{contract.name}"
+    return raw_table(contract.name)
 
 
 def clean_table_name(contract: TableContract) -> str:
-    return f"clean/{contract.name}"
+    return clean_table(contract.name)
 
 
 @dataclass

@@ -29,8 +29,8 @@ from hm_recs.defs.jobs import PROFILE, evaluate_job, ingest_job, sessionize_job
 from hm_recs.defs.partitions import week_keys_covering
 from hm_recs.defs.resources import HMDataResource, configured_lake
 from hm_recs.profiles import run_config
+from hm_recs.tables import RUN_FAILURES_TABLE
 
-RUN_FAILURES_TABLE = "ops/run_failures"
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 STOPPED = dg.DefaultSensorStatus.STOPPED

@@ -133,9 +133,11 @@ class MLflowResource(dg.ConfigurableResource):
         return f"{self.ui_url.rstrip('/')}/{run.url_path}"
 
     @contextlib.contextmanager
-    def run(self, context, name: str | None = None, lake: Lake | None = None, tables: tuple[str, ...] = ()):
+    def run(self, context, name: str | None = None, lake: Lake | None = None, tables: tuple[str, ...] = (),
+            role: str = "training"):
         """One MLflow run for this asset materialization, tagged with the Dagster run, asset and
-        partition, with the input tables' versions; ended FINISHED or FAILED, never left RUNNING."""
+        partition, with the input tables' versions (datasets used for ``role``: training or
+        evaluation); ended FINISHED or FAILED, never left RUNNING."""
         key = context.asset_key.to_user_string()
         tags = {
             "dagster.run_id": context.run.run_id, "dagster.asset_key": key, "dagster.job": context.job_name,
@@ -151,7 +153,7 @@ class MLflowResource(dg.ConfigurableResource):
             context.log.warning(f"MLflow run {killed} belonged to a Dagster run that died: marked KILLED")
         with tracked_run(self.settings(), name or key or context.op.name, tags) as run:
             if lake is not None and tables:
-                run.log_inputs({t: (lake.uri(t), lake.version(t)) for t in tables if lake.exists(t)})
+                run.log_inputs({t: (lake.uri(t), lake.version(t)) for t in tables if lake.exists(t)}, role)
             yield run
 
 

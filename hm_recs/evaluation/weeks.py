@@ -15,20 +15,20 @@ from hm_recs.evaluation.protocol import (
     build_target_week,
     results_frame,
 )
-from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
+from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.split import TimeSplit, load_time_split
+from hm_recs.tables import ARTICLE_FEATURES, METRICS_TABLES
 
-MODEL_FAMILIES = ("popularity", "gru4rec", "bart")
+MODEL_FAMILIES = tuple(METRICS_TABLES)
 
 
 def metrics_table(family: str) -> str:
     """The table of one model family's protocol metrics: each evaluation asset owns one table."""
-    if family not in MODEL_FAMILIES:
+    if family not in METRICS_TABLES:
         raise ValueError(f"unknown model family {family!r}; expected one of {MODEL_FAMILIES}")
-    return f"evaluation/{family}_metrics"
+    return METRICS_TABLES[family]
 
 
-EVENTS_TABLE = "evaluation/events"
 TARGETS = ("validation", "test")
 
 

@@ -46,8 +46,7 @@ def register_model(run: TrackedRun, model_dir: Path, name: str, description: str
     client.set_tag(run.run_id, MODEL_ID_TAG, logged.model_id)
     with contextlib.suppress(Exception):  # already registered
         client.create_registered_model(name, description=description or None)
-    return create_version(run.settings, name, f"models:/{logged.model_id}", run_id=run.run_id, tags=tags,
-                          model_id=logged.model_id)
+    return create_version(run.settings, name, f"models:/{logged.model_id}", run_id=run.run_id, tags=tags)
 
 
 def create_version(settings: TrackingSettings, name: str, source: str, **kwargs):
@@ -56,10 +55,19 @@ def create_version(settings: TrackingSettings, name: str, source: str, **kwargs)
     A version knows its logged model through a ``models:/<id>`` source, which MLflow's SQL registry
     resolves with the process-global tracking URI, not the client's: point it at this store meanwhile.
     """
+    import json
+
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+    client = settings.client()
     with _use_tracking_uri(settings.tracking_uri):
-        return settings.client().create_model_version(name, source, **kwargs)
+        version = client.create_model_version(name, source, **kwargs)
+    if source.startswith("models:/m-"):  # the logged model lists its versions (the Models tab's column)
+        model_id = source.removeprefix("models:/")
+        listed = json.loads(client.get_logged_model(model_id).tags.get("mlflow.modelVersions", "[]"))
+        listed.append({"name": version.name, "version": version.version})
+        client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(listed)})
+    return version
 
 
 @dataclass

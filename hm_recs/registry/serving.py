@@ -13,10 +13,9 @@ import pandas as pd
 from hm_recs.baselines.popularity import PopularityRecommender
 from hm_recs.data.delta import Lake
 from hm_recs.registry.pyfunc import histories_frame
-from hm_recs.sessions.purchases import ARTICLE_FEATURES, CUSTOMER_FEATURES, load_purchases, sorted_ids
+from hm_recs.sessions.purchases import load_purchases, sorted_ids
+from hm_recs.tables import ARTICLE_FEATURES, CUSTOMER_FEATURES, RECOMMENDATIONS_TABLE, UNKNOWN_TABLE
 
-RECOMMENDATIONS_TABLE = "serving/recommendations"
-UNKNOWN_TABLE = "serving/unknown_customer"  # what the champion answers for a customer it does not know
 FALLBACK_LENGTH = 200
 FALLBACK = "time-decayed popularity (half-life 7 days) over every purchase up to the end of the data"
 

@@ -13,10 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hm_recs.data.delta import Lake
-from hm_recs.sessions.sessionize import SESSIONS_TABLE
-
-ARTICLE_FEATURES = "features/articles"
-CUSTOMER_FEATURES = "features/customers"
+from hm_recs.tables import ARTICLE_FEATURES, CUSTOMER_FEATURES, SESSIONS_TABLE
 
 
 def sorted_ids(lake: Lake, table: str, column: str) -> pa.Array:

@@ -30,11 +30,11 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 
 from hm_recs.data.delta import Lake
+from hm_recs.tables import SESSIONS_TABLE
 
 log = logging.getLogger(__name__)
 
 WEDNESDAY = 2
-SESSIONS_TABLE = "sessions/purchases"
 
 SESSION_SCHEMA = pa.schema(
     [

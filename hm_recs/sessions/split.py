@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
+from hm_recs.tables import TIME_SPLIT_TABLE
+
 SPLITS = ("train", "validation", "test")
 # the models every family trains: for the validation week (model selection), for the test week (the
 # reported numbers) and on everything (what is served next week; never judged on a week it saw)
@@ -20,7 +22,6 @@ FIT_TARGETS = ("validation", "test", "serving")
 def fit_targets(refit_for_test: bool, refit_for_serving: bool) -> tuple[str, ...]:
     """The models a family trains, oldest cutoff first; the last one is registered and served."""
     return ("validation",) + (("test",) if refit_for_test else ()) + (("serving",) if refit_for_serving else ())
-TIME_SPLIT_TABLE = "splits/time_split"
 
 
 @dataclass(frozen=True)

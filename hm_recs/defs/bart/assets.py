@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext
 
-from hm_recs.defs.bart.items import SEMANTIC_IDS, item_index, read_codebook, read_image_codes, semantic_ids
+from hm_recs.defs.bart.items import item_index, read_codebook, read_image_codes, semantic_ids
 from hm_recs.defs.ingest.assets import article_features
 from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
 from hm_recs.defs.resources import BartResource, ComputeResource, LakeResource, MLflowResource
@@ -39,10 +39,10 @@ from hm_recs.plots import line_plot
 from hm_recs.profiles import TORCH_STEP
 from hm_recs.retrieval.bart_recommender import BartRecommender, catalogue_from_tables, distinct_generations
 from hm_recs.retrieval.semantic_ids import vocabulary
-from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
+from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.split import fit_targets, load_time_split
+from hm_recs.tables import ARTICLE_FEATURES, SEMANTIC_IDS, SEQUENCES
 
-SEQUENCES = "bart/sequences"
 TARGETS = ("validation", "test")
 
 

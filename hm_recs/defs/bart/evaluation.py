@@ -25,7 +25,6 @@ from hm_recs.defs.resources import (
     LanceDBResource,
     MLflowResource,
 )
-from hm_recs.defs.vqgan.assets import CODEBOOK, IMAGE_TOKENS
 from hm_recs.evaluation.protocol import evaluate, metric_table
 from hm_recs.evaluation.weeks import load_target_weeks, metrics_table, write_metrics
 from hm_recs.models.bart import VARIANTS, SequenceCodec, load_bart
@@ -40,12 +39,16 @@ from hm_recs.retrieval.bart_evaluation import (
 from hm_recs.retrieval.bart_recommender import BartRecommender
 from hm_recs.retrieval.item_index import ItemIndex
 from hm_recs.retrieval.item_space import SPACE_KEY, space_from_settings
-from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
+from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.split import FIT_TARGETS, load_time_split
-
-BART_TEXT_TABLE = "evaluation/bart_text"
-BART_COMPARISONS_TABLE = "evaluation/bart_comparisons"
-BART_COLD_START_TABLE = "evaluation/bart_cold_start"
+from hm_recs.tables import (
+    ARTICLE_FEATURES,
+    BART_COLD_START_TABLE,
+    BART_COMPARISONS_TABLE,
+    BART_TEXT_TABLE,
+    CODEBOOK,
+    IMAGE_TOKENS,
+)
 
 
 class BartEvaluationConfig(dg.Config):
@@ -269,8 +272,8 @@ def register_bart(
     """Register a variant with its grounding as ``hm_recs_bart_<variant>``, logged to its training run:
     the newest model, the catalogue (with image codes and semantic IDs) and, for nearest grounding,
     the item index (copied when local); sample generations, BERTScore and protocol metrics on the run."""
-    from hm_recs.defs.bart.items import SEMANTIC_IDS
     from hm_recs.registry.tracking import TrackedRun
+    from hm_recs.tables import SEMANTIC_IDS
 
     run_file = bart_dir() / variant / "mlflow_run_id"
     if not run_file.exists():

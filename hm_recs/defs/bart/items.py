@@ -9,7 +9,7 @@ import pyarrow as pa
 from hm_recs.defs.ingest.assets import article_features
 from hm_recs.defs.metadata import markdown_table, table_metadata
 from hm_recs.defs.resources import ComputeResource, LakeResource, LanceDBResource
-from hm_recs.defs.vqgan.assets import CODEBOOK, IMAGE_TOKENS, image_tokens
+from hm_recs.defs.vqgan.assets import image_tokens
 from hm_recs.models.bart import item_text
 from hm_recs.profiles import TORCH_STEP
 from hm_recs.retrieval.item_index import IndexSettings, ItemIndex, build_index
@@ -22,9 +22,7 @@ from hm_recs.retrieval.item_space import (
     space_settings,
 )
 from hm_recs.retrieval.semantic_ids import SemanticIdSettings, residual_kmeans
-from hm_recs.sessions.purchases import ARTICLE_FEATURES
-
-SEMANTIC_IDS = "bart/semantic_ids"
+from hm_recs.tables import ARTICLE_FEATURES, CODEBOOK, IMAGE_TOKENS, SEMANTIC_IDS
 
 
 def read_codebook(lk) -> np.ndarray | None:

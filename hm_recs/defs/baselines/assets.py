@@ -16,12 +16,11 @@ from hm_recs.defs.metadata import markdown_table, table_metadata
 from hm_recs.defs.registry.logged_models import log_recommender
 from hm_recs.defs.resources import LakeResource, MLflowResource
 from hm_recs.defs.sessions.assets import sessions, time_split
-from hm_recs.sessions.purchases import ARTICLE_FEATURES, load_purchases
-from hm_recs.sessions.sessionize import SESSIONS_TABLE
+from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.split import FIT_TARGETS, load_time_split
+from hm_recs.tables import ARTICLE_FEATURES, POPULARITY_TABLE, SESSIONS_TABLE
 
 GROUP = "baselines"
-POPULARITY_TABLE = "baselines/popularity"
 LIST_LENGTH = 1000  # stored ranking per (variant, cutoff): enough for masking long histories
 
 

@@ -12,14 +12,9 @@ from hm_recs.defs.metadata import image_metadata, table_metadata
 from hm_recs.defs.resources import EvaluationProtocolResource, LakeResource
 from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.evaluation.protocol import EvaluationProtocol, evaluate, metric_table
-from hm_recs.evaluation.weeks import (
-    EVENTS_TABLE,
-    events_table,
-    load_target_weeks,
-    metrics_table,
-    write_metrics,
-)
+from hm_recs.evaluation.weeks import events_table, load_target_weeks, metrics_table, write_metrics
 from hm_recs.plots import metric_bars
+from hm_recs.tables import EVENTS_TABLE
 
 GROUP = "evaluation"
 

@@ -30,8 +30,8 @@ from hm_recs.paths import models_dir
 from hm_recs.plots import line_plot
 from hm_recs.profiles import TORCH_STEP
 from hm_recs.sessions.purchases import load_purchases
-from hm_recs.sessions.sessionize import SESSIONS_TABLE
 from hm_recs.sessions.split import fit_targets, load_time_split
+from hm_recs.tables import SESSIONS_TABLE
 
 TARGETS = ("validation", "test")
 PAPER_TABLE2 = {"Recall@20": 0.2532, "MRR@20": 0.1471}

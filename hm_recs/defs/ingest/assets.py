@@ -14,9 +14,8 @@ from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
 from hm_recs.defs.partitions import add_weeks
 from hm_recs.defs.resources import HMDataResource, LakeResource
 from hm_recs.plots import daily_counts
-from hm_recs.sessions.purchases import ARTICLE_FEATURES, CUSTOMER_FEATURES
+from hm_recs.tables import ARTICLE_FEATURES, CUSTOMER_FEATURES, IMAGE_MANIFEST
 
-IMAGE_MANIFEST = "images/manifest"
 GROUP = "ingest"
 
 

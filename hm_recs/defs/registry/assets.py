@@ -31,17 +31,14 @@ from hm_recs.registry.registry import (
 )
 from hm_recs.registry.serving import (
     FALLBACK,
-    RECOMMENDATIONS_TABLE,
-    UNKNOWN_TABLE,
     next_week,
     recommend_all,
     unknown_customer_answer,
     write_submission,
 )
 from hm_recs.sessions.split import load_time_split
+from hm_recs.tables import BART_TEXT_TABLE, COMPARISON_TABLE, RECOMMENDATIONS_TABLE, UNKNOWN_TABLE
 
-COMPARISON_TABLE = "evaluation/model_comparison"
-BART_TEXT_TABLE = "evaluation/bart_text"
 COMPARED = ["Recall@1", "Recall@3", "Recall@5", "Recall@10", "Recall@20", "MRR@1", "MRR@3", "MRR@5", "MRR@10", "MRR@20", "MAP@12"]
 
 
@@ -110,7 +107,7 @@ def model_comparison(context: AssetExecutionContext, lake: LakeResource, mlflow:
     meta.update(image_metadata(chart, "model_comparison_map12", "MAP@12 on the test week"))
     logged = log_model_metrics(mlflow.settings(), metrics, {n: f["run_id"] for n, f in facts.items()})
     meta["metrics_on_model_runs"] = dg.MetadataValue.json(logged)
-    with mlflow.run(context, "model_comparison", lk, tuple(metrics_table(f) for f in MODEL_FAMILIES)) as run:
+    with mlflow.run(context, "model_comparison", lk, tuple(metrics_table(f) for f in MODEL_FAMILIES), "evaluation") as run:
         run.log_text(frame.to_csv(index=False), "model_comparison.csv")
         run.log_image(chart, "model_comparison_map12.png")
         for r in frame.to_dict("records"):
@@ -220,7 +217,8 @@ def champion_promotion(config: PromotionConfig, lake: LakeResource, mlflow: MLfl
 def recommendations(context: AssetExecutionContext, lake: LakeResource, mlflow: MLflowResource) -> dg.MaterializeResult:
     """The champion's top 12 for every customer for the week after the data (Delta), and the Kaggle
     submission file (every customer of customers.csv; customers without purchases get the fallback)."""
-    from hm_recs.sessions.purchases import CUSTOMER_FEATURES, sorted_ids
+    from hm_recs.sessions.purchases import sorted_ids
+    from hm_recs.tables import CUSTOMER_FEATURES
 
     lk = lake.lake()
     settings = mlflow.settings()

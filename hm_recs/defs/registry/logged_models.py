@@ -18,7 +18,7 @@ from hm_recs.registry.pyfunc import (
 from hm_recs.registry.registry import model_name, register_model
 from hm_recs.registry.serving import FALLBACK, ServingData, serving_data
 from hm_recs.registry.tracking import TrackedRun
-from hm_recs.sessions.sessionize import SESSIONS_TABLE
+from hm_recs.tables import SESSIONS_TABLE
 
 _SERVING: dict[tuple[str, int], ServingData] = {}
 

@@ -16,8 +16,9 @@ from hm_recs.defs.ingest.assets import clean_transactions
 from hm_recs.defs.metadata import markdown_table, table_metadata
 from hm_recs.defs.partitions import weekly_partitions
 from hm_recs.defs.resources import LakeResource
-from hm_recs.sessions.sessionize import SESSIONS_TABLE, read_delta, sessionize, write_sessions
-from hm_recs.sessions.split import SPLITS, TIME_SPLIT_TABLE, TimeSplit
+from hm_recs.sessions.sessionize import read_delta, sessionize, write_sessions
+from hm_recs.sessions.split import SPLITS, TimeSplit
+from hm_recs.tables import SESSIONS_TABLE, TIME_SPLIT_TABLE
 
 GROUP = "sessions"
 

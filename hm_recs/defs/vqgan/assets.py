@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext
 
-from hm_recs.defs.ingest.assets import IMAGE_MANIFEST, image_manifest
+from hm_recs.defs.ingest.assets import image_manifest
 from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
 from hm_recs.defs.registry.logged_models import log_vqgan, mlflow_metadata
 from hm_recs.defs.resources import ComputeResource, HMDataResource, LakeResource, MLflowResource
@@ -33,9 +33,7 @@ from hm_recs.models.vqgan_training import (
 from hm_recs.paths import models_dir
 from hm_recs.plots import line_plot
 from hm_recs.profiles import TORCH_STEP
-
-IMAGE_TOKENS = "images/tokens"
-CODEBOOK = "images/codebook"
+from hm_recs.tables import CODEBOOK, IMAGE_MANIFEST, IMAGE_TOKENS, VQGAN_EVALUATION_TABLE
 
 
 def vqgan_dir() -> Path:
@@ -250,11 +248,11 @@ def vqgan_evaluation(config: VQGANEvaluationConfig, hm_data: HMDataResource, lak
         s = reconstruction_scores(model, held, device, trunk_state=trunk)
         rows.append({"model": name, "images": s.images, "PSNR": round(s.psnr, 3), "SSIM": round(s.ssim, 4), "LPIPS": None if s.lpips is None else round(s.lpips, 5), "LPIPS note": s.lpips_note})
     table = pa.Table.from_pylist(rows)
-    lk.write("evaluation/vqgan", table)
+    lk.write(VQGAN_EVALUATION_TABLE, table)
     fine = rows[1]
     md = markdown_table(table) + "\n\nThe paper (Table 3): PSNR 26.48 -> 27.35, SSIM 0.8016 -> 0.8220, LPIPS 0.00055 -> 0.00033."
     return dg.MaterializeResult(
-        metadata={"table3": dg.MetadataValue.md(md), **table_metadata(lk, "evaluation/vqgan", preview_rows=0)},
+        metadata={"table3": dg.MetadataValue.md(md), **table_metadata(lk, VQGAN_EVALUATION_TABLE, preview_rows=0)},
         check_results=[dg.AssetCheckResult(check_name="psnr_above_floor", passed=fine["PSNR"] >= config.psnr_floor, metadata={"psnr": fine["PSNR"], "floor": config.psnr_floor})],
     )
 
