@@ -25,7 +25,7 @@ $(DAGSTER_HOME)/dagster.yaml:
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/hm-recs demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
@@ -40,8 +40,10 @@ serve: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${HM_MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/state/mlflow/mlflow.db} \
 	  $(BIN)/mlflow models serve -m models:/hm_recs_recommender@champion --env-manager local -h 127.0.0.1 -p 5001
 
+# the declared line length (pyproject) included: `make test` lints first, so CI does too
 lint: $(STAMP)
-	$(BIN)/ruff check hm_recs hm_recs_tests benchmarks
+	$(BIN)/ruff check hm_recs hm_recs_tests benchmarks infra
+	$(BIN)/ruff format --check hm_recs hm_recs_tests benchmarks infra
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sessionize.py

@@ -26,9 +26,20 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 ASSETS = [
-    "raw_articles", "raw_customers", "raw_transactions", "clean_articles", "clean_customers", "clean_transactions",
-    "image_manifest", "article_features", "customer_features", "sessions", "time_split", "popularity_baselines",
-    "evaluation_events", "popularity_evaluation",
+    "raw_articles",
+    "raw_customers",
+    "raw_transactions",
+    "clean_articles",
+    "clean_customers",
+    "clean_transactions",
+    "image_manifest",
+    "article_features",
+    "customer_features",
+    "sessions",
+    "time_split",
+    "popularity_baselines",
+    "evaluation_events",
+    "popularity_evaluation",
 ]
 
 
@@ -44,9 +55,25 @@ def main() -> int:
     rows = []
     if not (data / "transactions_train.csv").exists():
         with PeakRSS() as m:
-            subprocess.run([sys.executable, "-m", "hm_recs.cli", "synth", "--out", str(data), "--scale", "full", "--images", "none"], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hm_recs.cli",
+                    "synth",
+                    "--out",
+                    str(data),
+                    "--scale",
+                    "full",
+                    "--images",
+                    "none",
+                ],
+                check=True,
+            )
         rows.append(("generate (not an asset)", m.seconds, m.peak))
-    os.environ.update({"HM_DATA_DIR": str(data), "HM_STATE_DIR": str(work), "HM_SPARK_DRIVER_MEMORY": args.driver_memory})
+    os.environ.update(
+        {"HM_DATA_DIR": str(data), "HM_STATE_DIR": str(work), "HM_SPARK_DRIVER_MEMORY": args.driver_memory}
+    )
     import dagster as dg
 
     from hm_recs.definitions import defs as load_defs
@@ -55,21 +82,45 @@ def main() -> int:
     defs = load_defs()
     with dg.DagsterInstance.ephemeral() as instance:
         for asset in ASSETS:
-            job = "ingest" if asset not in ("sessions", "time_split", "popularity_baselines", "evaluation_events", "popularity_evaluation") else (
-                "sessionize" if asset == "sessions" else "evaluate")
+            job = (
+                "ingest"
+                if asset
+                not in (
+                    "sessions",
+                    "time_split",
+                    "popularity_baselines",
+                    "evaluation_events",
+                    "popularity_evaluation",
+                )
+                else ("sessionize" if asset == "sessions" else "evaluate")
+            )
             keys = instance.get_dynamic_partitions(WEEKS)  # clean_transactions added the weeks of the data
-            tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]} if asset == "sessions" else None
+            tags = (
+                {
+                    "dagster/asset_partition_range_start": keys[0],
+                    "dagster/asset_partition_range_end": keys[-1],
+                }
+                if asset == "sessions"
+                else None
+            )
             with PeakRSS() as m:
-                res = defs.resolve_job_def(job).execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)], tags=tags,
-                                                                   run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+                res = defs.resolve_job_def(job).execute_in_process(
+                    instance=instance,
+                    asset_selection=[dg.AssetKey(asset)],
+                    tags=tags,
+                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                )
             assert res.success, asset
             rows.append((asset, m.seconds, m.peak))
             print(f"{asset}: {m.seconds:.1f} s, {m.peak / 2**30:.2f} GiB", flush=True)
 
     mem = psutil.virtual_memory().total / 2**30
     print(f"\n### The assets on the full-size synthetic data ({dt.date.today().isoformat()})\n")
-    print(f"{platform.machine()}, {psutil.cpu_count()} cores, {mem:.1f} GiB RAM, Python {platform.python_version()}, "
-          f"Spark driver {args.driver_memory}. Command: `.venv/bin/python benchmarks/bench_full_pipeline.py`\n")
+    print(
+        f"{platform.machine()}, {psutil.cpu_count()} cores, {mem:.1f} GiB RAM, Python "
+        f"{platform.python_version()}, "
+        f"Spark driver {args.driver_memory}. Command: `.venv/bin/python benchmarks/bench_full_pipeline.py`\n"
+    )
     print("| asset | seconds | peak RSS (process tree) |\n|---|---|---|")
     for name, s, p in rows:
         print(f"| {name} | {s:.1f} | {p / 2**30:.2f} GiB |")

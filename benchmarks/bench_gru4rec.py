@@ -62,7 +62,9 @@ def prepare(work: Path, scale: str):
             ingest.load_raw(data, c, lake)
         ingest.clean(ARTICLES, lake)
         ingest.clean(CUSTOMERS, lake)
-        ingest.clean(TRANSACTIONS, lake, ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS))
+        ingest.clean(
+            TRANSACTIONS, lake, ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS)
+        )
         lake.write(ARTICLE_FEATURES, article_features(lake.read("clean/articles"))[0])
         lake.write(CUSTOMER_FEATURES, customer_features(lake.read("clean/customers"))[0])
         spark = get_spark(spark_conf(driver_memory="6g"))
@@ -78,14 +80,27 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "out"))
     ap.add_argument("--only", default=None, help="run one preset only")
-    ap.add_argument("--write-official", default=None, metavar="DIR", help="write train.tsv / test.tsv in the official format and stop")
-    ap.add_argument("--official-train", default=None, metavar="TSV", help="parity mode: official-format training file")
-    ap.add_argument("--official-test", default=None, metavar="TSV", help="parity mode: official-format test file")
+    ap.add_argument(
+        "--write-official",
+        default=None,
+        metavar="DIR",
+        help="write train.tsv / test.tsv in the official format and stop",
+    )
+    ap.add_argument(
+        "--official-train", default=None, metavar="TSV", help="parity mode: official-format training file"
+    )
+    ap.add_argument(
+        "--official-test", default=None, metavar="TSV", help="parity mode: official-format test file"
+    )
     ap.add_argument("--ps", default="", help="parity mode: the configuration as the official -ps string")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="parity mode: one training per seed")
-    ap.add_argument("--official-code", default=None, metavar="DIR",
-                    help="parity mode: a checkout of the authors' GRU4Rec_PyTorch_Official; trains it on the same files "
-                         "with the same -ps and seeds, scored by the same evaluator")
+    ap.add_argument(
+        "--official-code",
+        default=None,
+        metavar="DIR",
+        help="parity mode: a checkout of the authors' GRU4Rec_PyTorch_Official; trains it on the same files "
+        "with the same -ps and seeds, scored by the same evaluator",
+    )
     args = ap.parse_args()
     if args.official_train or args.official_test:
         if not (args.official_train and args.official_test):
@@ -115,20 +130,40 @@ def main() -> int:
         res = model.evaluate_sessions(ev, skipped=skipped)
         h = model.history
         rows.append((label, h, res))
-        print(label, [round(x) for x in h.events_per_second], [round(s, 1) for s in h.epoch_seconds], res, flush=True)
+        print(
+            label,
+            [round(x) for x in h.events_per_second],
+            [round(s, 1) for s in h.epoch_seconds],
+            res,
+            flush=True,
+        )
 
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU ({psutil.cpu_count()} cores)"
+    device = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"CPU ({psutil.cpu_count()} cores)"
+    )
     print(f"\n### GRU4Rec on `{args.scale}` ({dt.date.today().isoformat()}, {device})\n")
-    print(f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, torch {torch.__version__}, {args.epochs} epochs. "
-          f"Command: `.venv/bin/python benchmarks/bench_gru4rec.py --epochs {args.epochs} --device {args.device}`. "
-          f"Training data: {data.n_sessions:,} sessions, {data.n_events:,} events, {len(items):,} items.\n")
-    print("| configuration | events/s (mean of epochs) | s/epoch | loss (last epoch) | Recall@20 | MRR@20 | Recall@5 | MRR@5 | events (skipped) |")
+    print(
+        f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.epochs} epochs. "
+        f"Command: `.venv/bin/python benchmarks/bench_gru4rec.py --epochs {args.epochs} --device "
+        f"{args.device}`. "
+        f"Training data: {data.n_sessions:,} sessions, {data.n_events:,} events, {len(items):,} items.\n"
+    )
+    print(
+        "| configuration | events/s (mean of epochs) | s/epoch | loss (last epoch) | Recall@20 | MRR@20 | "
+        "Recall@5 | MRR@5 | events (skipped) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, h, res in rows:
         eps = sum(h.events_per_second) / len(h.events_per_second)
         spe = sum(h.epoch_seconds) / len(h.epoch_seconds)
-        print(f"| {label} | {eps:,.0f} | {spe:.0f} | {h.epoch_loss[-1]:.3f} | {res['Recall@20']:.4f} | {res['MRR@20']:.4f} | "
-              f"{res['Recall@5']:.4f} | {res['MRR@5']:.4f} | {res['events']:,} ({res['skipped_unseen']:,}) |")
+        print(
+            f"| {label} | {eps:,.0f} | {spe:.0f} | {h.epoch_loss[-1]:.3f} | {res['Recall@20']:.4f} | "
+            f"{res['MRR@20']:.4f} | "
+            f"{res['Recall@5']:.4f} | {res['MRR@5']:.4f} | {res['events']:,} ({res['skipped_unseen']:,}) |"
+        )
     return 0
 
 
@@ -141,7 +176,9 @@ def write_official(purchases, split, out: Path) -> int:
     days = rows["t_dat"].to_numpy().astype("datetime64[D]")
     # Time: the day in seconds plus the position in the session, so the official sort keeps the order
     seconds = days.astype("datetime64[s]").astype(np.int64) + rows["event_idx"].to_numpy()
-    frame = rows.assign(SessionId=rows["session_id"], ItemId=rows["article_idx"], Time=seconds)[["SessionId", "ItemId", "Time"]]
+    frame = rows.assign(SessionId=rows["session_id"], ItemId=rows["article_idx"], Time=seconds)[
+        ["SessionId", "ItemId", "Time"]
+    ]
     start, end = split.window("test")
     train = frame[days < np.datetime64(start, "D")]
     test = frame[(days >= np.datetime64(start, "D")) & (days <= np.datetime64(end, "D"))]
@@ -161,7 +198,9 @@ def read_official(path: str, items=None):
     df = pd.read_csv(path, sep="\t", dtype={"SessionId": "int64", "ItemId": "int64", "Time": "float64"})
     missing = {"SessionId", "ItemId", "Time"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)} (official format: SessionId, ItemId, Time)")
+        raise ValueError(
+            f"{path}: missing column(s) {sorted(missing)} (official format: SessionId, ItemId, Time)"
+        )
     df = df.sort_values(["SessionId", "Time"], kind="stable")
     if items is None:
         items, support = GRU4Rec.vocabulary(df["ItemId"].to_numpy())
@@ -230,7 +269,9 @@ def official_ranks(code_dir: str, train_path: str, ps: str, seed: int, items, te
     gru = Official(device=torch.device(device))
     gru.set_params(**dict(kv.split("=", 1) for kv in ps.split(",") if kv))
     t0 = time.perf_counter()
-    gru.fit(pd.read_csv(train_path, sep="\t", dtype={"SessionId": "int64", "ItemId": "int64", "Time": "float64"}))
+    gru.fit(
+        pd.read_csv(train_path, sep="\t", dtype={"SessionId": "int64", "ItemId": "int64", "Time": "float64"})
+    )
     seconds = (time.perf_counter() - t0) / gru.n_epochs
     to_official = torch.from_numpy(gru.data_iterator.itemidmap[items].to_numpy().astype(np.int64))
     gru.model.eval()
@@ -259,8 +300,11 @@ def parity(args) -> int:
     train, items, support = read_official(args.official_train)
     test, _, _ = read_official(args.official_test, items)
     cfg0 = GRU4RecConfig.from_param_string(args.ps, repeats="keep")
-    print(f"train: {train.n_sessions:,} sessions, {train.n_events:,} events, {len(items):,} items; "
-          f"test: {test.n_sessions:,} sessions, {test.n_events:,} events; config {cfg0}", flush=True)
+    print(
+        f"train: {train.n_sessions:,} sessions, {train.n_events:,} events, {len(items):,} items; "
+        f"test: {test.n_sessions:,} sessions, {test.n_events:,} events; config {cfg0}",
+        flush=True,
+    )
     runs = {"hm_recs": [], "official": []}
     for seed in args.seeds:
         model = GRU4Rec(cfg0.with_overrides(seed=seed), items, support, args.device)
@@ -274,27 +318,45 @@ def parity(args) -> int:
         ranks = session_ranks(step, list(cfg0.layers), test)
         runs["hm_recs"].append((seed, ranks, float(np.mean(model.history.epoch_seconds))))
         if args.official_code:
-            o_ranks, o_seconds = official_ranks(args.official_code, args.official_train, args.ps, seed, items, test, args.device)
+            o_ranks, o_seconds = official_ranks(
+                args.official_code, args.official_train, args.ps, seed, items, test, args.device
+            )
             runs["official"].append((seed, o_ranks, o_seconds))
         for name, rows in runs.items():
             if rows and rows[-1][0] == seed:
-                print(name, seed, {k: round(float(v.mean()), 4) for k, v in metric_values(rows[-1][1]).items()}, flush=True)
+                print(
+                    name,
+                    seed,
+                    {k: round(float(v.mean()), 4) for k, v in metric_values(rows[-1][1]).items()},
+                    flush=True,
+                )
 
     names = ("Recall@1", "Recall@5", "Recall@20", "MRR@20")
-    print(f"\n### GRU4Rec parity run ({dt.date.today().isoformat()}, {platform.machine()}, {psutil.cpu_count()} cores)\n")
-    print(f"Command: `.venv/bin/python benchmarks/bench_gru4rec.py --official-train {args.official_train} "
-          f"--official-test {args.official_test} --seeds {' '.join(map(str, args.seeds))} --ps {args.ps}"
-          f"{' --official-code ' + args.official_code if args.official_code else ''}`. Test: {test.n_events:,} events; "
-          "95 % bootstrap intervals over events.\n")
+    print(
+        f"\n### GRU4Rec parity run ({dt.date.today().isoformat()}, {platform.machine()}, "
+        f"{psutil.cpu_count()} cores)\n"
+    )
+    print(
+        f"Command: `.venv/bin/python benchmarks/bench_gru4rec.py --official-train {args.official_train} "
+        f"--official-test {args.official_test} --seeds {' '.join(map(str, args.seeds))} --ps {args.ps}"
+        f"{' --official-code ' + args.official_code if args.official_code else ''}`. Test: "
+        f"{test.n_events:,} events; "
+        "95 % bootstrap intervals over events.\n"
+    )
     print("| implementation | seed | " + " | ".join(names) + " | s/epoch |")
     print("|---|---|" + "---|" * (len(names) + 1))
     for name, rows in runs.items():
         for seed, ranks, seconds in rows:
             values = metric_values(ranks)
-            cells = " | ".join("{:.4f} ({:.4f}-{:.4f})".format(*bootstrap_ci(values[m], None, 1000, seed=0)) for m in names)
+            cells = " | ".join(
+                "{:.4f} ({:.4f}-{:.4f})".format(*bootstrap_ci(values[m], None, 1000, seed=0)) for m in names
+            )
             print(f"| {name} | {seed} | {cells} | {seconds:.1f} |")
     if runs["official"]:
-        print("\n| metric | hm_recs (mean of seeds) | official (mean of seeds) | hm_recs vs official (95 % interval) |")
+        print(
+            "\n| metric | hm_recs (mean of seeds) | official (mean of seeds) | hm_recs vs official (95 % "
+            "interval) |"
+        )
         print("|---|---|---|---|")
         ours = {m: np.stack([metric_values(r)[m] for _, r, _ in runs["hm_recs"]]) for m in names}
         theirs = {m: np.stack([metric_values(r)[m] for _, r, _ in runs["official"]]) for m in names}
@@ -304,7 +366,10 @@ def parity(args) -> int:
             rel = ours[m].mean() / theirs[m].mean() - 1
             draws = [ours[m][:, i].mean() / theirs[m][:, i].mean() - 1 for i in boots]
             lo, hi = np.percentile(draws, [2.5, 97.5])
-            print(f"| {m} | {ours[m].mean():.4f} | {theirs[m].mean():.4f} | {rel:+.1%} ({lo:+.1%} .. {hi:+.1%}) |")
+            print(
+                f"| {m} | {ours[m].mean():.4f} | {theirs[m].mean():.4f} | {rel:+.1%} ({lo:+.1%} .. "
+                f"{hi:+.1%}) |"
+            )
     return 0
 
 

@@ -21,7 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ASSETS = ["time_split", "popularity_baselines", "evaluation_events", "popularity_evaluation", "gru4rec_model", "gru4rec_evaluation"]
+ASSETS = [
+    "time_split",
+    "popularity_baselines",
+    "evaluation_events",
+    "popularity_evaluation",
+    "gru4rec_model",
+    "gru4rec_evaluation",
+]
 
 
 def main() -> int:
@@ -45,25 +52,45 @@ def main() -> int:
             from hm_recs.demo import run_pipeline
             from hm_recs.evaluation.weeks import read_metrics
 
-            models = {**QUIET, "ops": {"gru4rec_model": {"config": {"preset": args.preset, "repeats": repeats}}}}
+            models = {
+                **QUIET,
+                "ops": {"gru4rec_model": {"config": {"preset": args.preset, "repeats": repeats}}},
+            }
             with dg.DagsterInstance.ephemeral() as instance:
-                _, results = run_pipeline(load_defs(), instance, configured_lake(), log=lambda s: None, models=models, evaluate_assets=ASSETS)
+                _, results = run_pipeline(
+                    load_defs(),
+                    instance,
+                    configured_lake(),
+                    log=lambda s: None,
+                    models=models,
+                    evaluate_assets=ASSETS,
+                )
                 assert all(r.success for r in results.values())
-                ev = instance.get_latest_materialization_event(dg.AssetKey("gru4rec_evaluation")).asset_materialization
+                ev = instance.get_latest_materialization_event(
+                    dg.AssetKey("gru4rec_evaluation")
+                ).asset_materialization
                 table2 = ev.metadata["table2"].value
             m = read_metrics(configured_lake())
-            m = m[m.model.str.startswith("gru4rec") & (m.split == "test")].set_index(["model", "metric"])["value"]
+            m = m[m.model.str.startswith("gru4rec") & (m.split == "test")].set_index(["model", "metric"])[
+                "value"
+            ]
             rows.append((repeats, table2, {k: m.get(k) for k in m.index}))
 
     print(f"\n### GRU4Rec: consecutive repeats collapsed or kept ({dt.date.today().isoformat()})\n")
-    print(f"Synthetic `{args.scale}` data, preset `{args.preset}`. Command: `.venv/bin/python benchmarks/bench_gru4rec_repeats.py {' '.join(sys.argv[1:])}`\n")
+    print(
+        f"Synthetic `{args.scale}` data, preset `{args.preset}`. Command: `.venv/bin/python "
+        f"benchmarks/bench_gru4rec_repeats.py {' '.join(sys.argv[1:])}`\n"
+    )
     for repeats, table2, _ in rows:
         print(f"Table 2 layout (authors' protocol, events built with repeats={repeats}):\n\n{table2}\n")
     print("Shared protocol, test week (the same events for both):\n")
     print("| repeats | model | Recall@20 | MRR@20 | MAP@12 |\n|---|---|---|---|---|")
     for repeats, _, shared in rows:
         for model in ("gru4rec_session", "gru4rec_warm"):
-            print(f"| {repeats} | {model} | {shared[(model, 'Recall@20')]:.4f} | {shared[(model, 'MRR@20')]:.4f} | {shared[(model, 'MAP@12')]:.4f} |")
+            print(
+                f"| {repeats} | {model} | {shared[(model, 'Recall@20')]:.4f} | "
+                f"{shared[(model, 'MRR@20')]:.4f} | {shared[(model, 'MAP@12')]:.4f} |"
+            )
     return 0
 
 

@@ -5,7 +5,8 @@ training speed per variant.
 
 Index: vectors are the item space's (all-MiniLM-L6-v2 text vectors of every article's short
 text joined with a 64-d image part from VQGAN-sized random codes: the real catalogue's photos are
-not here), as the ``item_index`` asset builds them; plus how far apart articles are in it. Reports build time, top-12 query latency p50/p99
+not here), as the ``item_index`` asset builds them; plus how far apart articles are in it.
+Reports build time, top-12 query latency p50/p99
 (one query at a time, as a service would see them) and the ANN's recall@12 against exact search.
 
 BART: tokens/s of training per variant (tiny model, batch 16, 1,024-token sources from the real
@@ -142,26 +143,31 @@ def main() -> int:
         bart_rows.append((name, float(fit), res.tokens_per_second, res.seconds / res.steps))
 
     print(
-        f"\n### LanceDB item index and BART training speed ({dt.date.today().isoformat()}, CPU, {psutil.cpu_count()} cores)\n"
+        f"\n### LanceDB item index and BART training speed ({dt.date.today().isoformat()}, CPU, "
+        f"{psutil.cpu_count()} cores)\n"
     )
     print(
-        f"Machine: {platform.machine()}, torch {torch.__version__}. Command: `.venv/bin/python benchmarks/bench_item_index.py {' '.join(sys.argv[1:])}`\n"
+        f"Machine: {platform.machine()}, torch {torch.__version__}. Command: `.venv/bin/python "
+        f"benchmarks/bench_item_index.py {' '.join(sys.argv[1:])}`\n"
     )
     print(
         f"Index over {len(texts):,} real articles, {vectors.shape[1]}-d cosine vectors, {args.index_type}, "
         f"nprobes {args.nprobes}, refine factor {args.refine}:\n"
     )
     print(
-        "| text embedding (s) | index build incl. FTS (s) | p50 latency (ms) | p99 latency (ms) | ANN recall@12 vs exact "
+        "| text embedding (s) | index build incl. FTS (s) | p50 latency (ms) | p99 latency (ms) | ANN "
+        "recall@12 vs exact "
         "| median / 5th pct. cosine distance between articles |\n|---|---|---|---|---|---|"
     )
     print(
-        f"| {embed_s:.1f} | {build_s:.1f} | {np.percentile(lat, 50):.2f} | {np.percentile(lat, 99):.2f} | {np.mean(recall):.4f} "
+        f"| {embed_s:.1f} | {build_s:.1f} | {np.percentile(lat, 50):.2f} | {np.percentile(lat, 99):.2f} | "
+        f"{np.mean(recall):.4f} "
         f"| {sep['median_distance']:.3f} / {sep['p05_distance']:.3f} |"
     )
     if bart_rows:
         print(
-            "\n| BART variant (tiny, from config) | items per source (mean) | training tokens/s | s/step (batch 16) |\n|---|---|---|---|"
+            "\n| BART variant (tiny, from config) | items per source (mean) | training tokens/s | s/step "
+            "(batch 16) |\n|---|---|---|---|"
         )
     for name, items, tps, sps in bart_rows:
         print(f"| {name} | {items:.1f} | {tps:,.0f} | {sps:.2f} |")

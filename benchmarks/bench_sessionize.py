@@ -100,7 +100,9 @@ def polars_sessions(files: list[str], out: Path) -> None:
             session_id=pl.struct(key).hash(),
             event_idx=pl.int_range(pl.len(), dtype=pl.Int32).over(key),
             session_length=pl.len().over(key).cast(pl.Int32),
-            is_consecutive_repeat=(pl.col("article_id") == pl.col("article_id").shift(1)).over(key).fill_null(False),
+            is_consecutive_repeat=(pl.col("article_id") == pl.col("article_id").shift(1))
+            .over(key)
+            .fill_null(False),
         )
         .collect(engine="streaming")
     )
@@ -112,7 +114,8 @@ def summary(path: Path) -> tuple[int, int, int, int]:
     import duckdb
 
     return duckdb.sql(
-        f"SELECT count(*), count(DISTINCT (customer_id, week_start)), sum(event_idx), sum(is_consecutive_repeat::INT) "
+        "SELECT count(*), count(DISTINCT (customer_id, week_start)), sum(event_idx), "
+        "sum(is_consecutive_repeat::INT) "
         f"FROM read_parquet('{path}/**/*.parquet', hive_partitioning = true)"
     ).fetchall()[0]
 
@@ -121,7 +124,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", default="full")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default=str(ROOT / "benchmarks" / "out"), help="scratch folder (default: benchmarks/out)")
+    ap.add_argument(
+        "--work", default=str(ROOT / "benchmarks" / "out"), help="scratch folder (default: benchmarks/out)"
+    )
     ap.add_argument("--reuse-data", action="store_true", help="skip generation when the data already exists")
     ap.add_argument("--driver-memory", default="6g")
     args = ap.parse_args()
@@ -150,18 +155,28 @@ def main() -> int:
     with PeakRSS() as m:
         for c in (ARTICLES, CUSTOMERS, TRANSACTIONS):
             ingest.load_raw(data, c, lake)
-    results["ingest raw (3 tables)"] = {"seconds": m.seconds, "peak_rss": m.peak, "rows": lake.count("raw/transactions")}
+    results["ingest raw (3 tables)"] = {
+        "seconds": m.seconds,
+        "peak_rss": m.peak,
+        "rows": lake.count("raw/transactions"),
+    }
     with PeakRSS() as m:
         ingest.clean(ARTICLES, lake)
         ingest.clean(CUSTOMERS, lake)
-        r = ingest.clean(TRANSACTIONS, lake, ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS))
+        r = ingest.clean(
+            TRANSACTIONS, lake, ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS)
+        )
     results["clean + validate (3 tables)"] = {"seconds": m.seconds, "peak_rss": m.peak, "rows": r.rows_out}
 
     spark = get_spark(spark_conf(driver_memory=args.driver_memory))
     spark.range(10).count()  # start the JVM outside the timing, as a running Dagster resource would
     with PeakRSS() as m:
         write_sessions(sessionize(read_delta(spark, lake, "clean/transactions")), lake, work / "staging")
-    results["sessionize: Spark -> Delta"] = {"seconds": m.seconds, "peak_rss": m.peak, "rows": lake.count(SESSIONS_TABLE)}
+    results["sessionize: Spark -> Delta"] = {
+        "seconds": m.seconds,
+        "peak_rss": m.peak,
+        "rows": lake.count(SESSIONS_TABLE),
+    }
     spark.stop()
 
     files = lake.table("clean/transactions").file_uris()
@@ -170,7 +185,11 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         with PeakRSS() as m:
             fn(files, out)
-        results[f"sessionize: {name} -> Parquet"] = {"seconds": m.seconds, "peak_rss": m.peak, "summary": summary(out)}
+        results[f"sessionize: {name} -> Parquet"] = {
+            "seconds": m.seconds,
+            "peak_rss": m.peak,
+            "summary": summary(out),
+        }
 
     spark_summary = summary(Path(lake.uri(SESSIONS_TABLE)))
     for name in ("DuckDB", "polars"):
@@ -178,14 +197,22 @@ def main() -> int:
     spark_s = results["sessionize: Spark -> Delta"]["seconds"]
 
     print(f"\n### Sessionization at scale `{args.scale}` ({dt.date.today().isoformat()})\n")
-    print(f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, {gib(psutil.virtual_memory().total)} RAM, "
-          f"Python {platform.python_version()}. Command: `.venv/bin/python benchmarks/bench_sessionize.py --scale {args.scale}`\n")
+    print(
+        f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, {gib(psutil.virtual_memory().total)} "
+        "RAM, "
+        f"Python {platform.python_version()}. Command: `.venv/bin/python benchmarks/bench_sessionize.py "
+        f"--scale {args.scale}`\n"
+    )
     print("| step | seconds | peak RSS (process tree) | note |\n|---|---|---|---|")
     for step, res in results.items():
-        note = f"{res['rows']:,} rows" if "rows" in res else f"{spark_s / res['seconds']:.1f}x faster than Spark"
+        note = (
+            f"{res['rows']:,} rows" if "rows" in res else f"{spark_s / res['seconds']:.1f}x faster than Spark"
+        )
         print(f"| {step} | {res['seconds']:.1f} | {gib(res['peak_rss'])} | {note} |")
     print(f"\nAll three sessionizations agree: {spark_summary[0]:,} rows, {spark_summary[1]:,} sessions.")
-    (work / "results.json").write_text(json.dumps({k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}, indent=1, default=str))
+    (work / "results.json").write_text(
+        json.dumps({k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}, indent=1, default=str)
+    )
     return 0
 
 

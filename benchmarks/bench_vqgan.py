@@ -2,7 +2,8 @@
 configs, and the small model trained from random weights on the real sample photos for a CPU-time
 budget, with held-out PSNR / SSIM and codebook usage after every chunk of steps (a curve).
 
-    .venv/bin/python benchmarks/bench_vqgan.py [--device cuda] [--precision bf16-mixed] [--minutes 30] [--no-speed]
+    .venv/bin/python benchmarks/bench_vqgan.py [--device cuda] [--precision bf16-mixed] \
+        [--minutes 30] [--no-speed]
 
 Prints a markdown block for benchmarks/RESULTS.md.
 """
@@ -107,15 +108,21 @@ def from_scratch_curve(args) -> dict | None:
     start = reconstruction_scores(base, test, args.device)
     # the discriminator starts at --disc-start of the planned steps (planned from the first chunk's speed)
     settings = TrainingSettings(
-        max_steps=args.chunk_steps, batch_size=args.batch_size, base_learning_rate=args.base_lr,
-        checkpoint_every=args.chunk_steps, disc_start_fraction=None, codebook_init=args.codebook_init,
+        max_steps=args.chunk_steps,
+        batch_size=args.batch_size,
+        base_learning_rate=args.base_lr,
+        checkpoint_every=args.chunk_steps,
+        disc_start_fraction=None,
+        codebook_init=args.codebook_init,
         restart_dead_every=args.restart_dead_every,
     )
     cfg = dataclasses.replace(CONFIGS["small"], disc_start=10**9)
     curve, trained_seconds, state = [], 0.0, base.state_dict()
     spec = DeviceSpec(args.device, 1, args.precision)
     while trained_seconds < args.minutes * 60:
-        model, res = train_vqgan(cfg, train, work, settings, spec, init_state=state, fingerprint="bench", progress=False)
+        model, res = train_vqgan(
+            cfg, train, work, settings, spec, init_state=state, fingerprint="bench", progress=False
+        )
         trained_seconds += res.seconds
         if len(curve) == 0:
             planned = int(args.minutes * 60 / (res.seconds / max(res.steps, 1)))
@@ -123,30 +130,63 @@ def from_scratch_curve(args) -> dict | None:
         scores = reconstruction_scores(model, test, args.device)
         codes, _ = tokenize_images(model, test, args.device, progress=False)
         used = len(np.unique(np.concatenate([c.ravel() for c in codes if c is not None])))
-        curve.append({"minutes": trained_seconds / 60, "steps": res.steps, "psnr": scores.psnr, "ssim": scores.ssim, "codes_used": used})
+        curve.append(
+            {
+                "minutes": trained_seconds / 60,
+                "steps": res.steps,
+                "psnr": scores.psnr,
+                "ssim": scores.ssim,
+                "codes_used": used,
+            }
+        )
         print(json.dumps(curve[-1]), flush=True)
         settings = dataclasses.replace(settings, max_steps=res.steps + args.chunk_steps)
     out = Path(args.work)
-    plot = line_plot({"held-out PSNR (dB)": [c["psnr"] for c in curve]}, "small VQGAN from scratch, real photos", "CPU minutes",
-                     "PSNR (dB)", x=[round(c["minutes"], 1) for c in curve])
+    plot = line_plot(
+        {"held-out PSNR (dB)": [c["psnr"] for c in curve]},
+        "small VQGAN from scratch, real photos",
+        "CPU minutes",
+        "PSNR (dB)",
+        x=[round(c["minutes"], 1) for c in curve],
+    )
     (out / "vqgan_psnr_minutes.png").write_bytes(plot)
     (out / "vqgan_reconstructions.png").write_bytes(reconstruction_grid(model, test, n=12))
-    return {"train": len(train), "test": len(test), "start": start, "curve": curve, "final": scores, "history": res.history,
-            "disc_start": cfg.disc_start, "restarted": res.codes_restarted}
+    return {
+        "train": len(train),
+        "test": len(test),
+        "start": start,
+        "curve": curve,
+        "final": scores,
+        "history": res.history,
+        "disc_start": cfg.disc_start,
+        "restarted": res.codes_restarted,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="32-true")
-    ap.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True, help="the step-time table")
-    ap.add_argument("--minutes", type=float, default=30.0, help="from-scratch training budget on the real photos (0: skip)")
+    ap.add_argument(
+        "--speed", action=argparse.BooleanOptionalAction, default=True, help="the step-time table"
+    )
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=30.0,
+        help="from-scratch training budget on the real photos (0: skip)",
+    )
     ap.add_argument("--chunk-steps", type=int, default=150, help="steps between held-out evaluations")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--base-lr", type=float, default=2.5e-5, help="lr = batch x this (taming's scaling)")
     ap.add_argument("--codebook-init", default="kmeans", choices=["kmeans", "none"])
     ap.add_argument("--restart-dead-every", type=int, default=50)
-    ap.add_argument("--disc-start", type=float, default=0.5, help="fraction of the planned steps before the discriminator starts")
+    ap.add_argument(
+        "--disc-start",
+        type=float,
+        default=0.5,
+        help="fraction of the planned steps before the discriminator starts",
+    )
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "vqgan"))
     args = ap.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
@@ -156,33 +196,66 @@ def main() -> int:
     rows = []
     for name, batch in (("small", 8), ("paper", 2 if args.device == "cpu" else 8)) if args.speed else ():
         cfg = CONFIGS[name]
-        s = step_time(cfg, args.device, args.precision, batch, steps=2 if name == "paper" and args.device == "cpu" else 5)
-        tps = tokens_per_second(cfg, args.device, args.precision, 32 if name == "small" or args.device != "cpu" else 4)
+        s = step_time(
+            cfg,
+            args.device,
+            args.precision,
+            batch,
+            steps=2 if name == "paper" and args.device == "cpu" else 5,
+        )
+        tps = tokens_per_second(
+            cfg, args.device, args.precision, 32 if name == "small" or args.device != "cpu" else 4
+        )
         rows.append((name, cfg.resolution, cfg.tokens_per_image, batch, s, tps))
         print(name, s, tps, flush=True)
     scratch = from_scratch_curve(args)
 
-    dev = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {psutil.cpu_count()} cores"
+    dev = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"CPU, {psutil.cpu_count()} cores"
+    )
     print(f"\n### VQGAN ({dt.date.today().isoformat()}, {dev}, precision {args.precision})\n")
-    print(f"Machine: {platform.machine()}, torch {torch.__version__}. Command: `.venv/bin/python benchmarks/bench_vqgan.py {' '.join(sys.argv[1:])}`\n")
+    print(
+        f"Machine: {platform.machine()}, torch {torch.__version__}. Command: `.venv/bin/python "
+        f"benchmarks/bench_vqgan.py {' '.join(sys.argv[1:])}`\n"
+    )
     if rows:
-        print("| config | resolution | tokens/image | batch | training step (s, generator + discriminator) | tokenization (images/s) |\n|---|---|---|---|---|---|")
+        print(
+            "| config | resolution | tokens/image | batch | training step (s, generator + discriminator) | "
+            "tokenization (images/s) |\n|---|---|---|---|---|---|"
+        )
         for name, res_, tok, batch, s, tps in rows:
             print(f"| {name} | {res_} | {tok} | {batch} | {s:.3f} | {tps:.1f} |")
     if scratch:
         c, f = scratch["curve"], scratch["final"]
         verdict = "meets" if f.psnr >= 20 and f.ssim >= 0.6 else "misses"
-        print(f"\nThe `small` config from random weights on {scratch['train']:,} real sample photos (batch {args.batch_size}, "
-              f"lr {args.batch_size * args.base_lr:.1e}, codebook init {args.codebook_init}, dead-code restarts every "
-              f"{args.restart_dead_every} steps, {scratch['restarted']} restarts; discriminator from step {scratch['disc_start']}), "
-              f"judged on {scratch['test']} held-out photos after every {args.chunk_steps} steps. Before training: PSNR "
-              f"{scratch['start'].psnr:.2f} dB, SSIM {scratch['start'].ssim:.3f}. Target PSNR >= 20 dB and SSIM >= 0.6 "
-              f"within 30 CPU-minutes: {verdict} it (PSNR {f.psnr:.2f} dB, SSIM {f.ssim:.3f} after {c[-1]['minutes']:.1f} min). "
-              f"LPIPS: {f.lpips_note}. Curve: `{args.work}/vqgan_psnr_minutes.png`; reconstructions (originals above, "
-              f"reconstructions below): `{args.work}/vqgan_reconstructions.png`.\n")
-        print("| CPU minutes | steps | held-out PSNR (dB) | SSIM | codes used by the held-out photos (of 512) |\n|---|---|---|---|---|")
+        print(
+            f"\nThe `small` config from random weights on {scratch['train']:,} real sample photos (batch "
+            f"{args.batch_size}, "
+            f"lr {args.batch_size * args.base_lr:.1e}, codebook init {args.codebook_init}, dead-code "
+            "restarts every "
+            f"{args.restart_dead_every} steps, {scratch['restarted']} restarts; discriminator from step "
+            f"{scratch['disc_start']}), "
+            f"judged on {scratch['test']} held-out photos after every {args.chunk_steps} steps. Before "
+            "training: PSNR "
+            f"{scratch['start'].psnr:.2f} dB, SSIM {scratch['start'].ssim:.3f}. Target PSNR >= 20 dB and "
+            "SSIM >= 0.6 "
+            f"within 30 CPU-minutes: {verdict} it (PSNR {f.psnr:.2f} dB, SSIM {f.ssim:.3f} after "
+            f"{c[-1]['minutes']:.1f} min). "
+            f"LPIPS: {f.lpips_note}. Curve: `{args.work}/vqgan_psnr_minutes.png`; reconstructions "
+            "(originals above, "
+            f"reconstructions below): `{args.work}/vqgan_reconstructions.png`.\n"
+        )
+        print(
+            "| CPU minutes | steps | held-out PSNR (dB) | SSIM | codes used by the held-out photos (of 512) "
+            "|\n|---|---|---|---|---|"
+        )
         for p in c:
-            print(f"| {p['minutes']:.1f} | {p['steps']} | {p['psnr']:.2f} | {p['ssim']:.3f} | {p['codes_used']} |")
+            print(
+                f"| {p['minutes']:.1f} | {p['steps']} | {p['psnr']:.2f} | {p['ssim']:.3f} | "
+                f"{p['codes_used']} |"
+            )
     return 0
 
 

@@ -65,26 +65,48 @@ def champion():
     from hm_recs.paths import default_tracking_uri
     from hm_recs.registry.registry import CHAMPION, RECOMMENDER
 
-    v = MlflowClient(default_tracking_uri(), default_tracking_uri()).get_model_version_by_alias(RECOMMENDER, CHAMPION)
-    return {"version": v.version, "model": v.tags.get("model"), "trained_before": v.tags.get("trained_before"),
-            "decision": v.tags.get("decision_kind")}
+    v = MlflowClient(default_tracking_uri(), default_tracking_uri()).get_model_version_by_alias(
+        RECOMMENDER, CHAMPION
+    )
+    return {
+        "version": v.version,
+        "model": v.tags.get("model"),
+        "trained_before": v.tags.get("trained_before"),
+        "decision": v.tags.get("decision_kind"),
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="demo", help="HM_PROFILE of the automatic runs (and of the preparation)")
-    ap.add_argument("--data", default=None, help="a Kaggle-layout folder (default: the generated small sample)")
+    ap.add_argument(
+        "--profile", default="demo", help="HM_PROFILE of the automatic runs (and of the preparation)"
+    )
+    ap.add_argument(
+        "--data", default=None, help="a Kaggle-layout folder (default: the generated small sample)"
+    )
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "weekly_cycle"))
     ap.add_argument("--timeout-minutes", type=float, default=45.0)
-    ap.add_argument("--reuse", action="store_true", help="keep a state prepared by an earlier call in --work (skip step 1)")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep a state prepared by an earlier call in --work (skip step 1)",
+    )
     args = ap.parse_args()
     work = Path(args.work)
     home, data, marker = work / "dagster", work / "data", work / "prepared.json"
     from hm_recs.demo import resolve_data_dir
 
-    source = Path(args.data) if args.data else resolve_data_dir(None, "small", 0)  # before HM_DATA_DIR points at the copy
-    env = {**os.environ, "DAGSTER_HOME": str(home), "HM_STATE_DIR": str(work / "state"), "HM_DATA_DIR": str(data),
-           "HM_PROFILE": args.profile, "HM_FILE_SETTLE_SECONDS": "10"}
+    source = (
+        Path(args.data) if args.data else resolve_data_dir(None, "small", 0)
+    )  # before HM_DATA_DIR points at the copy
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "HM_STATE_DIR": str(work / "state"),
+        "HM_DATA_DIR": str(data),
+        "HM_PROFILE": args.profile,
+        "HM_FILE_SETTLE_SECONDS": "10",
+    }
     os.environ.update(env)
     import json
 
@@ -105,7 +127,9 @@ def main() -> int:
 
         t = time.perf_counter()
         with dg.DagsterInstance.get() as instance:
-            timings, results = run_pipeline(load_defs(), instance, configured_lake(), log=print, models=run_config(args.profile))
+            timings, results = run_pipeline(
+                load_defs(), instance, configured_lake(), log=print, models=run_config(args.profile)
+            )
         assert all(r.success for r in results.values()), {k: r.success for k, r in results.items()}
         marker.write_text(json.dumps({"held": held, "timings": timings, "seconds": time.perf_counter() - t}))
     prep = json.loads(marker.read_text())
@@ -114,21 +138,41 @@ def main() -> int:
 
     full = pd.read_csv(work / "transactions_full.csv", dtype=str)
     held_back = full[full["t_dat"] < held]
-    held_back.to_csv(data / "transactions_train.csv", index=False)  # as prepared (an earlier call may have appended)
+    held_back.to_csv(
+        data / "transactions_train.csv", index=False
+    )  # as prepared (an earlier call may have appended)
     before = champion()
-    print(f"prepared in {prep['seconds']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}); champion {before}", flush=True)
+    print(
+        f"prepared in {prep['seconds']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}); "
+        f"champion {before}",
+        flush=True,
+    )
 
     bin_dir = Path(sys.executable).parent
-    subprocess.run([str(bin_dir / "dagster"), "sensor", "start", "--start-all", "-w", str(ROOT / "workspace.yaml")], env=env, cwd=ROOT,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(bin_dir / "dagster"), "sensor", "start", "--start-all", "-w", str(ROOT / "workspace.yaml")],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     log = open(work / "daemon.log", "w")  # noqa: SIM115 - closed below
-    daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")], env=env, cwd=ROOT,
-                              stdout=log, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(
+        [str(bin_dir / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         with dg.DagsterInstance.get() as instance:
             known = {r.dagster_run.run_id for r in instance.get_run_records()}
             time.sleep(150)  # two ticks of the file sensor on the unchanged file: nothing may start
-            early = [r.dagster_run.job_name for r in instance.get_run_records() if r.dagster_run.run_id not in known]
+            early = [
+                r.dagster_run.job_name
+                for r in instance.get_run_records()
+                if r.dagster_run.run_id not in known
+            ]
             assert not early, f"runs started without new data: {early}"
             shutil.copyfile(work / "transactions_full.csv", data / "transactions_train.csv")
             t0 = time.time()
@@ -137,30 +181,56 @@ def main() -> int:
             while time.time() < deadline:
                 runs = [r for r in instance.get_run_records() if r.dagster_run.run_id not in known]
                 done = [r for r in runs if r.dagster_run.job_name == "evaluate" and r.dagster_run.is_finished]
-                failed = [r for r in runs if r.dagster_run.is_finished and r.dagster_run.status != dg.DagsterRunStatus.SUCCESS]
+                failed = [
+                    r
+                    for r in runs
+                    if r.dagster_run.is_finished and r.dagster_run.status != dg.DagsterRunStatus.SUCCESS
+                ]
                 if done or failed:
                     break
                 time.sleep(10)
             rows = []
             for r in sorted(runs, key=lambda r: r.create_timestamp.timestamp()):
                 start, end = r.start_time, r.end_time
-                rows.append((r.dagster_run.job_name, r.dagster_run.status.value, (start - t0) / 60 if start else float("nan"),
-                             (end - t0) / 60 if end else float("nan"), (end - start) / 60 if start and end else float("nan")))
+                rows.append(
+                    (
+                        r.dagster_run.job_name,
+                        r.dagster_run.status.value,
+                        (start - t0) / 60 if start else float("nan"),
+                        (end - t0) / 60 if end else float("nan"),
+                        (end - start) / 60 if start and end else float("nan"),
+                    )
+                )
     finally:
         daemon.terminate()
         daemon.wait(timeout=60)
         log.close()
     after = champion()
-    print(f"\n### One automatic weekly cycle under the Dagster daemon ({dt.date.today().isoformat()}, profile `{args.profile}`)\n")
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores. Command: `.venv/bin/python benchmarks/bench_weekly_cycle.py "
-          f"{' '.join(sys.argv[1:])}`\n")
-    print("| run | status | started (min after the file changed) | ended | length (min) |\n|---|---|---|---|---|")
+    print(
+        f"\n### One automatic weekly cycle under the Dagster daemon ({dt.date.today().isoformat()}, profile "
+        f"`{args.profile}`)\n"
+    )
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores. Command: `.venv/bin/python "
+        "benchmarks/bench_weekly_cycle.py "
+        f"{' '.join(sys.argv[1:])}`\n"
+    )
+    print(
+        "| run | status | started (min after the file changed) | ended | length (min) "
+        "|\n|---|---|---|---|---|"
+    )
     for job, status, s, e, n in rows:
         print(f"| {job} | {status} | {s:.1f} | {e:.1f} | {n:.1f} |")
-    print(f"\nIn process (preparation, the same profile on the data without the last week): "
-          f"{', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items())}.")
-    print(f"Champion before: v{before['version']} {before['model']}, trained on data before {before['trained_before']}; "
-          f"after: v{after['version']} {after['model']}, before {after['trained_before']} ({after['decision']}).")
+    print(
+        f"\nIn process (preparation, the same profile on the data without the last week): "
+        f"{', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items())}."
+    )
+    print(
+        f"Champion before: v{before['version']} {before['model']}, trained on data before "
+        f"{before['trained_before']}; "
+        f"after: v{after['version']} {after['model']}, before {after['trained_before']} "
+        f"({after['decision']})."
+    )
     return 0 if rows and rows[-1][0] == "evaluate" and rows[-1][1] == "SUCCESS" else 1
 
 

@@ -48,7 +48,10 @@ class Sizes:
     steps: int
 
 
-FULL = {"cuda": Sizes("paper", 6, "base", 16, None, 200_000, 10), "cpu": Sizes("paper", 2, "base", 2, None, 20_000, 2)}
+FULL = {
+    "cuda": Sizes("paper", 6, "base", 16, None, 200_000, 10),
+    "cpu": Sizes("paper", 2, "base", 2, None, 20_000, 2),
+}
 TINY = {"cpu": Sizes("tiny", 2, "tiny", 2, 64, 2_000, 2)}
 
 
@@ -88,11 +91,20 @@ def vqgan_rows(device: str, sizes: Sizes) -> list[dict]:
 
     if sizes.vqgan == "tiny":
         cfg = dataclasses.replace(
-            CONFIGS["small"], resolution=32, ch=32, ch_mult=(1, 2), attn_resolutions=(), z_channels=32, embed_dim=8, n_embed=32
+            CONFIGS["small"],
+            resolution=32,
+            ch=32,
+            ch_mult=(1, 2),
+            attn_resolutions=(),
+            z_channels=32,
+            embed_dim=8,
+            n_embed=32,
         )
     else:
         cfg = CONFIGS[sizes.vqgan]
-    cfg = dataclasses.replace(cfg, disc_start=0, perceptual_weight=0.0)  # the GAN term on, as late in training
+    cfg = dataclasses.replace(
+        cfg, disc_start=0, perceptual_weight=0.0
+    )  # the GAN term on, as late in training
     peak_reset(device)
     model = VQModel(cfg).to(device)
     opt_ae = torch.optim.Adam(list(model.autoencoder_parameters()), lr=1e-5, betas=(0.5, 0.9))
@@ -124,9 +136,18 @@ def vqgan_rows(device: str, sizes: Sizes) -> list[dict]:
     tok = timed(tokenize, sizes.steps, device)
     name = f"VQGAN {sizes.vqgan} ({cfg.resolution}px, {cfg.tokens_per_image} tokens)"
     return [
-        {"what": f"{name}: training step, batch {sizes.vqgan_batch}", "unit": "images/s",
-         "value": sizes.vqgan_batch / train, "peak": train_peak},
-        {"what": f"{name}: tokenization, batch {tok_batch}", "unit": "images/s", "value": tok_batch / tok, "peak": peak_gib(device)},
+        {
+            "what": f"{name}: training step, batch {sizes.vqgan_batch}",
+            "unit": "images/s",
+            "value": sizes.vqgan_batch / train,
+            "peak": train_peak,
+        },
+        {
+            "what": f"{name}: tokenization, batch {tok_batch}",
+            "unit": "images/s",
+            "value": tok_batch / tok,
+            "peak": peak_gib(device),
+        },
     ]
 
 
@@ -140,7 +161,14 @@ def bart_rows(device: str, sizes: Sizes) -> list[dict]:
     for name, variant in VARIANTS.items():
         peak_reset(device)
         torch.manual_seed(0)
-        cfg = BartConfig(vocab_size=vocab, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, **SIZES[sizes.bart])
+        cfg = BartConfig(
+            vocab_size=vocab,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=2,
+            **SIZES[sizes.bart],
+        )
         model = BartForConditionalGeneration(cfg).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         src = sizes.source_tokens or variant.max_source_tokens
@@ -149,9 +177,18 @@ def bart_rows(device: str, sizes: Sizes) -> list[dict]:
         ids = torch.randint(4, vocab, (sizes.bart_batch, src), generator=g).to(device)
         labels = torch.randint(4, vocab, (sizes.bart_batch, tgt), generator=g).to(device)
 
-        seconds = timed(lambda m=model, o=opt, i=ids, y=labels: bart_step(m, o, i, y, device), sizes.steps, device)
-        rows.append({"what": f"BART {sizes.bart} from config, {name}: training step, batch {sizes.bart_batch} x ({src} + {tgt}) tokens",
-                     "unit": "tokens/s", "value": sizes.bart_batch * (src + tgt) / seconds, "peak": peak_gib(device)})
+        seconds = timed(
+            lambda m=model, o=opt, i=ids, y=labels: bart_step(m, o, i, y, device), sizes.steps, device
+        )
+        rows.append(
+            {
+                "what": f"BART {sizes.bart} from config, {name}: training step, "
+                f"batch {sizes.bart_batch} x ({src} + {tgt}) tokens",
+                "unit": "tokens/s",
+                "value": sizes.bart_batch * (src + tgt) / seconds,
+                "peak": peak_gib(device),
+            }
+        )
         del model, opt
     return rows
 
@@ -177,13 +214,22 @@ def gru4rec_rows(device: str, sizes: Sizes) -> list[dict]:
     peak_reset(device)
     model = GRU4Rec(cfg, np.arange(n_items), support, device)
     model.fit(data, progress=False)
-    return [{"what": f"GRU4Rec benchmark preset: training, batch 32, {data.n_events:,} events over {n_items:,} items",
-             "unit": "events/s", "value": model.history.events_per_second[-1], "peak": peak_gib(device)}]
+    return [
+        {
+            "what": f"GRU4Rec benchmark preset: training, batch 32, "
+            f"{data.n_events:,} events over {n_items:,} items",
+            "unit": "events/s",
+            "value": model.history.events_per_second[-1],
+            "peak": peak_gib(device),
+        }
+    ]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="CPU only, tiny models: checks the script runs (seconds)")
+    ap.add_argument(
+        "--tiny", action="store_true", help="CPU only, tiny models: checks the script runs (seconds)"
+    )
     args = ap.parse_args()
     plans = TINY if args.tiny else FULL
     devices = [d for d in plans if d == "cpu" or torch.cuda.is_available()]
@@ -200,10 +246,15 @@ def main() -> int:
         results[device] = rows
 
     gpu = torch.cuda.get_device_name(0) if "cuda" in results else "none"
-    print(f"\n### GPU check ({dt.date.today().isoformat()}; GPU: {gpu}; CPU: {platform.machine()}, "
-          f"{torch.get_num_threads()} threads; torch {torch.__version__})\n")
-    print(f"Command: `benchmarks/gpu_check.sh{' --tiny' if args.tiny else ''}`. GPU in bf16 autocast, CPU in fp32; "
-          "synthetic inputs at the stated sizes (CPU batches are smaller; throughput is per item or token).\n")
+    print(
+        f"\n### GPU check ({dt.date.today().isoformat()}; GPU: {gpu}; CPU: {platform.machine()}, "
+        f"{torch.get_num_threads()} threads; torch {torch.__version__})\n"
+    )
+    print(
+        f"Command: `benchmarks/gpu_check.sh{' --tiny' if args.tiny else ''}`. GPU in bf16 autocast, CPU in "
+        "fp32; "
+        "synthetic inputs at the stated sizes (CPU batches are smaller; throughput is per item or token).\n"
+    )
     print("| measurement | unit | GPU | peak GPU memory (GiB) | CPU | GPU / CPU |")
     print("|---|---|---|---|---|---|")
     cpu = {r["what"].split(", batch")[0]: r for r in results.get("cpu", [])}

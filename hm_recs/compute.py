@@ -45,12 +45,18 @@ class DeviceSpec:
         tree (plain ``ddp`` would re-run the command line of the Dagster process)."""
         dev = self.torch_device()
         if dev.type == "cuda":
-            devices: int | list[int] = self.num_devices if self.device in ("auto", "cuda") else [dev.index or 0]
+            devices: int | list[int] = (
+                self.num_devices if self.device in ("auto", "cuda") else [dev.index or 0]
+            )
             accelerator = "gpu"
         else:
             devices, accelerator = self.num_devices, "cpu"
         multi = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
-        strategy = ("ddp_spawn_find_unused_parameters_true" if find_unused_parameters else "ddp_spawn") if multi else "auto"
+        strategy = (
+            ("ddp_spawn_find_unused_parameters_true" if find_unused_parameters else "ddp_spawn")
+            if multi
+            else "auto"
+        )
         precision = self.precision
         if dev.type == "cpu" and precision in ("16-mixed",):
             precision = "bf16-mixed"  # fp16 autocast is GPU-only; bf16 works on CPU

@@ -23,7 +23,15 @@ DOMAINS = {
     "sessions": ("defs/sessions", "sessions"),
     "baselines": ("defs/baselines", "baselines"),
     "models": ("defs/gru4rec", "defs/vqgan", "defs/bart", "models", "retrieval"),
-    "evaluation": ("defs/evaluation", "defs/gru4rec", "defs/bart", "defs/vqgan", "defs/registry", "evaluation", "retrieval"),
+    "evaluation": (
+        "defs/evaluation",
+        "defs/gru4rec",
+        "defs/bart",
+        "defs/vqgan",
+        "defs/registry",
+        "evaluation",
+        "retrieval",
+    ),
     "serving": ("defs/registry", "registry"),
 }
 OWNERS = {"ingest": "team:data-platform", "sessions": "team:data-platform"}
@@ -31,7 +39,9 @@ ML_TEAM = "team:ml"
 # what the weekly cycle must refresh (new data in, models compared, the served lists): the UI warns
 # when a week has passed since the last materialization and fails a day later
 WEEKLY = {"clean_transactions", "model_comparison", "recommendations"}
-WEEKLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(days=8), warn_window=dt.timedelta(days=7))
+WEEKLY_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=dt.timedelta(days=8), warn_window=dt.timedelta(days=7)
+)
 
 
 @functools.cache
@@ -49,7 +59,9 @@ def domain_code_version(group: str) -> str:
 
 def _conventions(spec: dg.AssetSpec) -> dg.AssetSpec:
     group = spec.group_name or "default"
-    spec = spec.replace_attributes(owners=[OWNERS.get(group, ML_TEAM)], code_version=domain_code_version(group))
+    spec = spec.replace_attributes(
+        owners=[OWNERS.get(group, ML_TEAM)], code_version=domain_code_version(group)
+    )
     return dg.apply_freshness_policy(spec, WEEKLY_FRESHNESS) if spec.key.to_user_string() in WEEKLY else spec
 
 
@@ -61,6 +73,10 @@ def defs() -> dg.Definitions:
     with warnings.catch_warnings():  # map_asset_specs is marked preview in Dagster 1.13; tested here
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return dg.Definitions(
-            assets=unique, asset_checks=loaded.asset_checks, jobs=loaded.jobs, schedules=loaded.schedules,
-            sensors=loaded.sensors, resources=loaded.resources,
+            assets=unique,
+            asset_checks=loaded.asset_checks,
+            jobs=loaded.jobs,
+            schedules=loaded.schedules,
+            sensors=loaded.sensors,
+            resources=loaded.resources,
         ).map_asset_specs(func=_conventions)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hm_recs.paths import PROJECT_ROOT, default_synthetic_dir, state_dir
 from hm_recs.profiles import QUIET, narrowed, run_config, selected_assets
+from hm_recs.settings import is_set, setting
 
 # the evaluate job's settings: the demo profile (every stage in minutes on a laptop) and the least
 # training that still exercises every asset and check (the tests' wiring runs); hm_recs/profiles.py
@@ -33,7 +34,7 @@ def ensure_dagster_home() -> Path:
 
 def resolve_data_dir(data_dir: str | None, scale: str, seed: int) -> Path:
     """The folder to ingest: the argument, ``$HM_DATA_DIR``, or a generated synthetic sample."""
-    chosen = data_dir or os.environ.get("HM_DATA_DIR")
+    chosen = data_dir or setting("HM_DATA_DIR")
     if chosen:
         return Path(chosen)
     from hm_recs.synth.generator import generate
@@ -45,7 +46,9 @@ def resolve_data_dir(data_dir: str | None, scale: str, seed: int) -> Path:
     return out
 
 
-def run_pipeline(defs, instance, lake, log=print, models: dict | None = None, evaluate_assets: list[str] | None = None) -> tuple[dict[str, float], dict]:
+def run_pipeline(
+    defs, instance, lake, log=print, models: dict | None = None, evaluate_assets: list[str] | None = None
+) -> tuple[dict[str, float], dict]:
     """Run the three jobs in order on ``instance``; returns seconds and the result per job.
 
     ``models`` is the evaluate job's run config (``DEMO_MODELS`` by default); ``evaluate_assets``
@@ -79,7 +82,9 @@ def run_pipeline(defs, instance, lake, log=print, models: dict | None = None, ev
     log("3/3 evaluate: time split, baselines, GRU4Rec training, evaluation")
     if evaluate_assets is None:  # BART models of variants the run does not use stay out of it
         job = defs.resolve_job_def("evaluate")
-        evaluate_assets = selected_assets(models, [k.to_user_string() for k in job.asset_layer.selected_asset_keys])
+        evaluate_assets = selected_assets(
+            models, [k.to_user_string() for k in job.asset_layer.selected_asset_keys]
+        )
     selection = [dg.AssetKey(a) for a in evaluate_assets] if evaluate_assets else None
     models = narrowed(models, evaluate_assets)
     results["evaluate"] = defs.resolve_job_def("evaluate").execute_in_process(
@@ -89,7 +94,9 @@ def run_pipeline(defs, instance, lake, log=print, models: dict | None = None, ev
     return timings, results
 
 
-def run_demo(scale: str = "small", seed: int = 0, data_dir: str | None = None, profile: str | None = None) -> int:
+def run_demo(
+    scale: str = "small", seed: int = 0, data_dir: str | None = None, profile: str | None = None
+) -> int:
     """The three jobs on the sample with a run profile: ``profile``, else ``HM_PROFILE`` when set,
     else ``demo`` (``auto`` would pick the paper's settings on a GPU machine: hours, not minutes)."""
     start = time.perf_counter()
@@ -103,7 +110,7 @@ def run_demo(scale: str = "small", seed: int = 0, data_dir: str | None = None, p
     from hm_recs.defs.resources import configured_lake, configured_profile
     from hm_recs.evaluation.weeks import read_metrics
 
-    profile = profile or (configured_profile() if os.environ.get("HM_PROFILE") else "demo")
+    profile = profile or (configured_profile() if is_set("HM_PROFILE") else "demo")
     os.environ["HM_PROFILE"] = profile  # the evaluate job holds the profile's BART variants
     defs = load_defs()
     lake = configured_lake()
@@ -113,10 +120,18 @@ def run_demo(scale: str = "small", seed: int = 0, data_dir: str | None = None, p
     metrics = read_metrics(lake)
     print("\nMetrics on the shared protocol (95 % bootstrap intervals):\n")
     print(format_metrics(metrics))
-    print("\n" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {time.perf_counter() - start:.0f} s")
+    print(
+        "\n"
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + f"; total {time.perf_counter() - start:.0f} s"
+    )
     print(champion_summary(lake))
-    print("\nOpen the Dagster UI to browse the runs and materializations:  make ui         ->  http://127.0.0.1:3000")
-    print("Compare the models and browse the registry in MLflow:           make mlflow-ui  ->  http://127.0.0.1:5000")
+    print(
+        "\nOpen the Dagster UI to browse the runs and materializations:  make ui         ->  http://127.0.0.1:3000"
+    )
+    print(
+        "Compare the models and browse the registry in MLflow:           make mlflow-ui  ->  http://127.0.0.1:5000"
+    )
     return 0
 
 
@@ -127,24 +142,35 @@ def champion_summary(lake) -> str:
 
     if not lake.exists(RECOMMENDATIONS_TABLE):
         return "\n(no recommendations: the evaluate job did not reach them)"
-    row = lake.read(RECOMMENDATIONS_TABLE, columns=["customer_id", "model", "model_version", "week_start"]).slice(0, 1).to_pylist()[0]
+    row = (
+        lake.read(RECOMMENDATIONS_TABLE, columns=["customer_id", "model", "model_version", "week_start"])
+        .slice(0, 1)
+        .to_pylist()[0]
+    )
     cutoff = ""
     try:
         from hm_recs.paths import default_tracking_uri
         from hm_recs.registry.tracking import TrackingSettings
 
-        client = TrackingSettings(os.environ.get("HM_MLFLOW_TRACKING_URI") or default_tracking_uri()).client()
+        client = TrackingSettings(default_tracking_uri()).client()
         tags = client.get_model_version("hm_recs_recommender", str(row["model_version"])).tags
-        cutoff = f", trained on data before {tags.get('trained_before', '?')} ({tags.get('decision_kind', '?')})"
+        cutoff = (
+            f", trained on data before {tags.get('trained_before', '?')} ({tags.get('decision_kind', '?')})"
+        )
     except Exception:  # the summary is a courtesy: the registry may be elsewhere
         pass
-    return (f"\nChampion: {row['model']} (hm_recs_recommender v{row['model_version']}{cutoff}); "
-            f"recommendations for the week from {row['week_start']}\n"
-            f"Kaggle submission: {state_dir() / 'submissions' / 'submission.csv'}\n"
-            f"Try:  .venv/bin/hm-recs recommend {row['customer_id']}")
+    return (
+        f"\nChampion: {row['model']} (hm_recs_recommender v{row['model_version']}{cutoff}); "
+        f"recommendations for the week from {row['week_start']}\n"
+        f"Kaggle submission: {state_dir() / 'submissions' / 'submission.csv'}\n"
+        f"Try:  .venv/bin/hm-recs recommend {row['customer_id']}"
+    )
 
 
-def format_metrics(frame, metrics=("Recall@1", "Recall@5", "Recall@10", "Recall@20", "MRR@20", "NDCG@20", "MAP@12", "Coverage@12")) -> str:
+def format_metrics(
+    frame,
+    metrics=("Recall@1", "Recall@5", "Recall@10", "Recall@20", "MRR@20", "NDCG@20", "MAP@12", "Coverage@12"),
+) -> str:
     if frame.empty:
         return "(no metrics)"
     rows = []

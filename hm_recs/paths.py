@@ -6,18 +6,19 @@ folder named by ``HM_STATE_DIR``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from hm_recs.settings import setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def state_dir() -> Path:
-    return Path(os.environ.get("HM_STATE_DIR", PROJECT_ROOT / "state")).resolve()
+    return Path(setting("HM_STATE_DIR", str(PROJECT_ROOT / "state"))).resolve()
 
 
 def default_lake_uri() -> str:
-    return os.environ.get("HM_LAKE_URI", str(state_dir() / "lake"))
+    return setting("HM_LAKE_URI", str(state_dir() / "lake"))
 
 
 def default_synthetic_dir(scale: str = "small", seed: int = 0) -> Path:
@@ -26,7 +27,7 @@ def default_synthetic_dir(scale: str = "small", seed: int = 0) -> Path:
 
 def shared_dir() -> Path:
     """The read-only ../shared folder with the real H&M sample (absent outside this team's machines)."""
-    return Path(os.environ.get("HM_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
+    return Path(setting("HM_SHARED_DIR", str(PROJECT_ROOT.parent / "shared")))
 
 
 def models_dir() -> Path:
@@ -40,4 +41,4 @@ def mlflow_dir() -> Path:
 
 
 def default_tracking_uri() -> str:
-    return os.environ.get("HM_MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir() / 'mlflow.db'}"
+    return setting("HM_MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir() / 'mlflow.db'}"

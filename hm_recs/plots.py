@@ -19,10 +19,17 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def line_plot(series: Mapping[str, Sequence[float]], title: str, xlabel: str, ylabel: str, x: Sequence | None = None) -> bytes:
+def line_plot(
+    series: Mapping[str, Sequence[float]], title: str, xlabel: str, ylabel: str, x: Sequence | None = None
+) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name, ys in series.items():
-        ax.plot(list(x) if x is not None else range(1, len(ys) + 1), list(ys), label=name, marker="o" if len(ys) < 30 else None)
+        ax.plot(
+            list(x) if x is not None else range(1, len(ys) + 1),
+            list(ys),
+            label=name,
+            marker="o" if len(ys) < 30 else None,
+        )
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

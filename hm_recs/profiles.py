@@ -81,7 +81,14 @@ DEMO_TARGET_WEEKS = {"semantic_id": 3, "semantic_id_text": 3}
 
 def _bart_cpu(variant: str, weeks: dict, refit: bool = True, serving_epochs: float | None = None) -> dict:
     base = _BART_CPU if variant.startswith("semantic_id") else _TEXT_CPU
-    return {"config": {**base, "target_weeks": weeks.get(variant), "refit_for_test": refit, "serving_epochs": serving_epochs}}
+    return {
+        "config": {
+            **base,
+            "target_weeks": weeks.get(variant),
+            "refit_for_test": refit,
+            "serving_epochs": serving_epochs,
+        }
+    }
 
 
 _GRU4REC = {"gru4rec_model": {"config": {"preset": "demo"}}}
@@ -121,7 +128,10 @@ PROFILES: dict[str, dict] = {
             "vqgan_evaluation": {"config": {"max_images": 200, "psnr_floor": 11.0}},
             # the demo trains one model per variant (the validation week's), and it serves both weeks;
             # the served model is it plus one pass over the two weeks it has not seen
-            **{f"bart_model_{v}": _bart_cpu(v, DEMO_TARGET_WEEKS, refit=False, serving_epochs=1.0) for v in DEMO_VARIANTS},
+            **{
+                f"bart_model_{v}": _bart_cpu(v, DEMO_TARGET_WEEKS, refit=False, serving_epochs=1.0)
+                for v in DEMO_VARIANTS
+            },
             "bart_evaluation": {"config": {"diagnostic_events": 200}},
         },
         "resources": {
@@ -219,7 +229,9 @@ def selected_assets(config: dict, asset_keys: list[str]) -> list[str] | None:
     variants = bart_variants(config)
     if variants is None:
         return None
-    kept = [k for k in asset_keys if not k.startswith("bart_model_") or k.removeprefix("bart_model_") in variants]
+    kept = [
+        k for k in asset_keys if not k.startswith("bart_model_") or k.removeprefix("bart_model_") in variants
+    ]
     return kept if len(kept) < len(asset_keys) else None
 
 

@@ -47,6 +47,7 @@ def clean_table(name: str) -> str:
     """The validated, typed table of a Kaggle file (``articles`` -> ``clean/articles``)."""
     return f"clean/{name}"
 
+
 COLUMN_DESCRIPTIONS: dict[str, str] = {
     # the Kaggle files (articles.csv, customers.csv, transactions_train.csv)
     "article_id": "H&M article id: 10 digits, the first 7 are the product code",

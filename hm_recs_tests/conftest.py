@@ -16,9 +16,15 @@ REAL_SAMPLE = shared_dir() / "hm_real_sample"
 REFERENCE_STATS = shared_dir() / "hm_reference_stats"
 FULL_ARTICLES = shared_dir() / "hm_articles_full" / "articles.csv"
 
-requires_real_sample = pytest.mark.skipif(not (REAL_SAMPLE / "transactions_train.csv").exists(), reason="../shared/hm_real_sample is absent")
-requires_reference_stats = pytest.mark.skipif(not (REFERENCE_STATS / "summary.csv").exists(), reason="../shared/hm_reference_stats is absent")
-requires_full_articles = pytest.mark.skipif(not FULL_ARTICLES.exists(), reason="../shared/hm_articles_full is absent")
+requires_real_sample = pytest.mark.skipif(
+    not (REAL_SAMPLE / "transactions_train.csv").exists(), reason="../shared/hm_real_sample is absent"
+)
+requires_reference_stats = pytest.mark.skipif(
+    not (REFERENCE_STATS / "summary.csv").exists(), reason="../shared/hm_reference_stats is absent"
+)
+requires_full_articles = pytest.mark.skipif(
+    not FULL_ARTICLES.exists(), reason="../shared/hm_articles_full is absent"
+)
 
 
 def pytest_configure(config):

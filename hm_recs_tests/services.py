@@ -33,14 +33,17 @@ def postgres_database(prefix: str) -> Iterator[str]:
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     try:
-        admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5)
+        admin = psycopg2.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5
+        )
     except psycopg2.OperationalError as e:
         raise RuntimeError(f"PostgreSQL at {PG_HOST}:{PG_PORT} (user {PG_USER}) is not reachable: {e}") from e
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"  # SQLAlchemy 2.1 would pick psycopg 3
+        # the driver named: SQLAlchemy 2.1 would pick psycopg 3
+        yield f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -63,7 +66,13 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120)
 @contextlib.contextmanager
 def background(cmd: list[str], log: Path, env: dict | None = None) -> Iterator[subprocess.Popen]:
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     try:
         yield proc
     finally:
@@ -80,8 +89,20 @@ def mlflow_server(backend_uri: str, artifacts: Path, log_dir: Path) -> Iterator[
     """``mlflow server`` on a free loopback port with the given backend store; its URL."""
     port = free_port()
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
-    cmd = [mlflow_bin, "server", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts.as_uri(),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        mlflow_bin,
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        artifacts.as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = log_dir / "mlflow-server.log"
     with background(cmd, log) as proc:
         url = f"http://127.0.0.1:{port}"
@@ -99,14 +120,45 @@ def spark_standalone(work: Path, workers: int = 2, cores: int = 1, memory: str =
     env = {"SPARK_LOCAL_IP": host, "SPARK_WORKER_DIR": str(work / "worker"), "PYSPARK_PYTHON": sys.executable}
     with contextlib.ExitStack() as stack:
         master_log = work / "master.log"
-        master = stack.enter_context(background([spark_class, "org.apache.spark.deploy.master.Master", "--host", host, "--port", str(port),
-                                                 "--webui-port", str(ui)], master_log, env))
+        master = stack.enter_context(
+            background(
+                [
+                    spark_class,
+                    "org.apache.spark.deploy.master.Master",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--webui-port",
+                    str(ui),
+                ],
+                master_log,
+                env,
+            )
+        )
         wait_http(f"http://{host}:{ui}/json/", master, master_log)
         url = f"spark://{host}:{port}"
         for i in range(workers):
             log = work / f"worker{i}.log"
-            stack.enter_context(background([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", host, "--cores", str(cores),
-                                            "--memory", memory, "--webui-port", str(free_port()), url], log, env))
+            stack.enter_context(
+                background(
+                    [
+                        spark_class,
+                        "org.apache.spark.deploy.worker.Worker",
+                        "--host",
+                        host,
+                        "--cores",
+                        str(cores),
+                        "--memory",
+                        memory,
+                        "--webui-port",
+                        str(free_port()),
+                        url,
+                    ],
+                    log,
+                    env,
+                )
+            )
         _wait_workers(f"http://{host}:{ui}/json/", workers, work)
         yield url
 
@@ -131,7 +183,9 @@ def s3_server(log_dir: Path) -> Iterator[str]:
     """moto's S3-compatible server on a free loopback port; its endpoint URL."""
     port = free_port()
     log = log_dir / "moto.log"
-    with background([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log) as proc:
+    with background(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log
+    ) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/moto-api/", proc, log)
         yield url

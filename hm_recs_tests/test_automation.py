@@ -17,8 +17,17 @@ from hm_recs.profiles import QUIET
 
 # POP and GRU4Rec stand in for every model, to keep the test short: the request's own settings
 # (the smoke profile) on a narrower selection
-CHAIN_ASSETS = ["time_split", "evaluation_events", "popularity_baselines", "popularity_evaluation", "gru4rec_model",
-                "gru4rec_evaluation", "model_comparison", "recommendations"]
+CHAIN_ASSETS = [
+    "time_split",
+    "evaluation_events",
+    "popularity_baselines",
+    "popularity_evaluation",
+    "gru4rec_model",
+    "gru4rec_evaluation",
+    "model_comparison",
+    "champion",
+    "recommendations",
+]
 
 
 def _execute(defs, instance, job: str, request: dg.RunRequest, narrow: bool = False):
@@ -29,19 +38,30 @@ def _execute(defs, instance, job: str, request: dg.RunRequest, narrow: bool = Fa
         selection = [dg.AssetKey(a) for a in CHAIN_ASSETS]
         config = {**config, "ops": {k: v for k, v in config.get("ops", {}).items() if k in CHAIN_ASSETS}}
     return defs.resolve_job_def(job).execute_in_process(
-        instance=instance, run_config=config, tags=request.tags, asset_selection=selection, raise_on_error=False
+        instance=instance,
+        run_config=config,
+        tags=request.tags,
+        asset_selection=selection,
+        raise_on_error=False,
     )
 
 
 def _status_context(sensor, result, instance, defs):
     """What the daemon hands a run-status (or run-failure) sensor after ``result``'s run."""
     event = result.get_run_success_event() if result.success else result.get_run_failure_event()
-    ctx = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_event=event, dagster_instance=instance,
-                                             dagster_run=result.dagster_run, repository_def=defs.get_repository_def())
+    ctx = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        repository_def=defs.get_repository_def(),
+    )
     return ctx if result.success else ctx.for_run_failure()
 
 
-def test_a_new_week_refreshes_the_champion_and_bad_data_stops_the_chain(spark, tiny_dataset, tmp_path, monkeypatch):
+def test_a_new_week_refreshes_the_champion_and_bad_data_stops_the_chain(
+    spark, tiny_dataset, tmp_path, monkeypatch
+):
     from hm_recs.data.ingest import clean_table_name
     from hm_recs.data.schema import TRANSACTIONS
     from hm_recs.definitions import defs as load_defs
@@ -74,31 +94,52 @@ def test_a_new_week_refreshes_the_champion_and_bad_data_stops_the_chain(spark, t
 
     (tmp_path / "dagster").mkdir()
     with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+
         def cycle(cursor):
             ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources=hm_data)
             ingest = _execute(defs, instance, "ingest", automation.new_transaction_files(ctx))
             assert ingest.success
-            sessionize = _execute(defs, instance, "sessionize", automation.sessionize_after_ingest(
-                _status_context(automation.sessionize_after_ingest, ingest, instance, defs)))
+            sessionize = _execute(
+                defs,
+                instance,
+                "sessionize",
+                automation.sessionize_after_ingest(
+                    _status_context(automation.sessionize_after_ingest, ingest, instance, defs)
+                ),
+            )
             assert sessionize.success
             request = automation.retrain_after_sessionize(
-                _status_context(automation.retrain_after_sessionize, sessionize, instance, defs))
-            assert request.tags["hm_recs/profile"] == "smoke" and request.run_config["ops"]["gru4rec_model"] == {"config": {"preset": "demo"}}
+                _status_context(automation.retrain_after_sessionize, sessionize, instance, defs)
+            )
+            assert request.tags["hm_recs/profile"] == "smoke" and request.run_config["ops"][
+                "gru4rec_model"
+            ] == {"config": {"preset": "demo"}}
             evaluate = _execute(defs, instance, "evaluate", request, narrow=True)
             assert evaluate.success
             return ctx.cursor, client.get_model_version_by_alias(RECOMMENDER, CHAMPION)
 
         cursor, before = cycle(None)
-        assert before.tags["trained_before"] == (dt.date.fromisoformat(first_file["t_dat"].max()) + dt.timedelta(days=1)).isoformat()
+        assert (
+            before.tags["trained_before"]
+            == (dt.date.fromisoformat(first_file["t_dat"].max()) + dt.timedelta(days=1)).isoformat()
+        )
         assert new_week not in instance.get_dynamic_partitions(WEEKS)
 
         # a first start of the sensor over what is in the lake, and a touch, start nothing
-        assert isinstance(automation.new_transaction_files(dg.build_sensor_context(instance=instance, resources=hm_data)), dg.SkipReason)
+        assert isinstance(
+            automation.new_transaction_files(dg.build_sensor_context(instance=instance, resources=hm_data)),
+            dg.SkipReason,
+        )
         import os
 
         path = data / "transactions_train.csv"
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
-        assert isinstance(automation.new_transaction_files(dg.build_sensor_context(instance=instance, cursor=cursor, resources=hm_data)), dg.SkipReason)
+        assert isinstance(
+            automation.new_transaction_files(
+                dg.build_sensor_context(instance=instance, cursor=cursor, resources=hm_data)
+            ),
+            dg.SkipReason,
+        )
 
         # the new week arrives: the whole chain runs and the champion is trained through it
         full.to_csv(path, index=False)
@@ -120,8 +161,13 @@ def test_a_new_week_refreshes_the_champion_and_bad_data_stops_the_chain(spark, t
         assert not failed.success
         assert lake.count(clean_table_name(TRANSACTIONS)) == rows
         # the restore is a new Delta version with the old content: the schedule asks for nothing new
-        assert automation.weekly_retraining(dg.build_schedule_context(instance=instance)).run_key == schedule.run_key
-        automation.record_run_failures(_status_context(automation.record_run_failures, failed, instance, defs))
+        assert (
+            automation.weekly_retraining(dg.build_schedule_context(instance=instance)).run_key
+            == schedule.run_key
+        )
+        automation.record_run_failures(
+            _status_context(automation.record_run_failures, failed, instance, defs)
+        )
         recorded = lake.read(automation.RUN_FAILURES_TABLE).to_pandas()
         row = recorded[recorded["run_id"] == failed.run_id].iloc[0]
         assert "clean_transactions" in row["message"] and "reject_fraction_below_threshold" in row["message"]

@@ -16,7 +16,11 @@ from hm_recs.data.reader import ContractError
 from hm_recs.data.schema import ARTICLES, CUSTOMERS, TRANSACTIONS, find_table_file
 
 HEADER_A = ",".join(ARTICLES.column_names)
-GOOD_ARTICLE = "0108775015,0108775,Strap top,253,Vest top,Garment Upper body,1010016,Solid,9,Black,4,Dark,5,Black,1676,Jersey Basic,A,Ladieswear,1,Ladieswear,16,Womens Everyday Basics,1002,Jersey Basic,Jersey top with narrow shoulder straps."
+GOOD_ARTICLE = (
+    "0108775015,0108775,Strap top,253,Vest top,Garment Upper body,1010016,Solid,9,Black,4,Dark,5,Black,"
+    "1676,Jersey Basic,A,Ladieswear,1,Ladieswear,16,Womens Everyday Basics,1002,Jersey Basic,"
+    "Jersey top with narrow shoulder straps."
+)
 C1 = "a" * 64
 C2 = "b" * 64
 
@@ -48,7 +52,10 @@ def messy_dir(tmp_path):
             article("0200000001", product_code="0300000"),  # 6 product code does not match
             article("0200000002", type_no="x"),  # 7 non-integer code
             "0200000003,0200000,too,few",  # 8 wrong column count
-            '0200000004,0200000,"Name, with comma",253,Vest top,Garment Upper body,1010016,Solid,9,Black,4,Dark,5,Black,1676,Jersey Basic,A,Ladieswear,1,Ladieswear,16,Womens Everyday Basics,1002,Jersey Basic,',  # 9 ok, quoted comma, empty desc
+            '0200000004,0200000,"Name, with comma",253,Vest top,Garment '
+            "Upper body,1010016,Solid,9,Black,4,Dark,5,Black,1676,Jersey "
+            "Basic,A,Ladieswear,1,Ladieswear,16,Womens Everyday "
+            "Basics,1002,Jersey Basic,",  # 9 ok, quoted comma, empty desc
         ],
     )
     write(
@@ -89,7 +96,9 @@ def run_all(data_dir, lake):
         ingest.load_raw(data_dir, c, lake)
     a = ingest.clean(ARTICLES, lake)
     c = ingest.clean(CUSTOMERS, lake)
-    t = ingest.clean(TRANSACTIONS, lake, ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS))
+    t = ingest.clean(
+        TRANSACTIONS, lake, ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS)
+    )
     return a, c, t
 
 
@@ -102,7 +111,11 @@ def test_every_bad_row_is_rejected_with_its_reason_and_good_rows_arrive(messy_di
     lake = Lake(str(tmp_path / "lake"))
     a, c, t = run_all(messy_dir, lake)
 
-    assert sorted(lake.read("clean/articles").column("article_id").to_pylist()) == ["0108775015", "0108775044", "0200000004"]
+    assert sorted(lake.read("clean/articles").column("article_id").to_pylist()) == [
+        "0108775015",
+        "0108775044",
+        "0200000004",
+    ]
     art = rejects_by_line(lake, "articles")
     assert set(art) == {4, 5, 6, 7, 8}
     assert "article_id: expected 10 digits" in art[4]["reason"]
@@ -184,7 +197,9 @@ def test_a_header_only_file_does_not_empty_the_clean_table_unless_allowed(messy_
     refused = ingest.clean(TRANSACTIONS, lake, *known, max_reject_fraction=0.01, max_row_drop=0.5)
     assert refused.rows_out == 0 and refused.dropped_fraction == 1.0 and refused.kept_version is not None
     assert "4 before" in refused.refused and lake.count("clean/transactions") == 4
-    allowed = ingest.clean(TRANSACTIONS, lake, *known, max_reject_fraction=0.01, max_row_drop=None)  # allow_shrink
+    allowed = ingest.clean(
+        TRANSACTIONS, lake, *known, max_reject_fraction=0.01, max_row_drop=None
+    )  # allow_shrink
     assert allowed.kept_version is None and lake.count("clean/transactions") == 0
 
 
@@ -202,7 +217,9 @@ def test_gzipped_and_parquet_inputs_read_the_same(messy_dir, tmp_path):
     pq_dir = tmp_path / "pq"
     pq_dir.mkdir()
     # a Parquet copy as often shared: integer article ids without the leading zero
-    (tmp_path / "good.csv").write_text("\n".join([HEADER_A, article("0108775015"), article("0108775044")]) + "\n")
+    (tmp_path / "good.csv").write_text(
+        "\n".join([HEADER_A, article("0108775015"), article("0108775044")]) + "\n"
+    )
     good = pcsv.read_csv(tmp_path / "good.csv")  # type inference makes the ids integers
     assert good.schema.field("article_id").type == pa.int64()
     pq.write_table(good, pq_dir / "articles.parquet")
@@ -219,8 +236,13 @@ def test_gzipped_and_parquet_inputs_read_the_same(messy_dir, tmp_path):
 def test_header_mismatch_and_missing_files_name_the_file(tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
-    write(d / "transactions_train.csv", ["t_dat,customer,article_id,price,sales_channel_id", "2020-01-01,x,y,1,1"])
-    with pytest.raises(ContractError, match=r"transactions_train.csv: header does not match.*missing \['customer_id'\]"):
+    write(
+        d / "transactions_train.csv",
+        ["t_dat,customer,article_id,price,sales_channel_id", "2020-01-01,x,y,1,1"],
+    )
+    with pytest.raises(
+        ContractError, match=r"transactions_train.csv: header does not match.*missing \['customer_id'\]"
+    ):
         ingest.load_raw(d, TRANSACTIONS, Lake(str(tmp_path / "lake")))
     with pytest.raises(FileNotFoundError, match="no articles file"):
         find_table_file(d, ARTICLES)
@@ -244,7 +266,9 @@ def test_line_numbers_survive_many_blocks(tmp_path):
             lines.append(f"2020-01-01,{C1},0108775015,{i},1")
     write(tmp_path / "transactions_train.csv", lines)
     good_lines, reject_lines = [], []
-    for batch, rejects in read_raw_batches(tmp_path / "transactions_train.csv", TRANSACTIONS, block_size=4096):
+    for batch, rejects in read_raw_batches(
+        tmp_path / "transactions_train.csv", TRANSACTIONS, block_size=4096
+    ):
         good_lines += batch.column("line").to_pylist()
         reject_lines += [r.line for r in rejects]
         assert [int(p) for p in batch.column("price").to_pylist()] == batch.column("line").to_pylist()
@@ -275,18 +299,31 @@ def test_maintenance_finds_every_table_and_vacuums_what_no_version_needs(tmp_pat
     from hm_recs.definitions import defs
 
     schedule = defs().resolve_schedule_def("lake_maintenance")
-    assert schedule.job_name == "lake_maintenance" and schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert (
+        schedule.job_name == "lake_maintenance"
+        and schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    )
 
 
 def test_an_undecodable_byte_rejects_its_row_not_the_file(messy_dir, tmp_path):
     path = messy_dir / "transactions_train.csv"
     good = path.read_bytes()
-    path.write_bytes(good + f"2020-09-05,{C2},0108775044,0.02,1\n".encode() + b"2020-09-05," + C1.encode() + b",01087\xff5015,0.01,2\n")
+    path.write_bytes(
+        good
+        + f"2020-09-05,{C2},0108775044,0.02,1\n".encode()
+        + b"2020-09-05,"
+        + C1.encode()
+        + b",01087\xff5015,0.01,2\n"
+    )
     lake = Lake(str(tmp_path / "lake"))
     _, _, t = run_all(messy_dir, lake)
     assert lake.count("clean/transactions") == 5  # the four good rows and the new good one
     bad = rejects_by_line(lake, "transactions")[15]
-    assert bad["stage"] == "parse" and bad["reason"] == "article_id: not valid UTF-8" and "\ufffd" in bad["record"]
+    assert (
+        bad["stage"] == "parse"
+        and bad["reason"] == "article_id: not valid UTF-8"
+        and "\ufffd" in bad["record"]
+    )
     assert t.rejects["article_id"] == 1 and t.rows_in == 14
 
 
@@ -316,7 +353,10 @@ def test_reject_lines_are_physical_lines_after_quoted_line_breaks(tmp_path):
     assert "article_id" in rejects[6]["reason"] and rejects[9]["reason"].startswith("wrong column count")
     raw = lake.read("raw/articles").sort_by("line")
     assert dict(zip(raw.column("article_id").to_pylist(), raw.column("line").to_pylist(), strict=True)) == {
-        "0108775015": 2, "0200000005": 3, "108775051": 6, "0108775044": 10
+        "0108775015": 2,
+        "0200000005": 3,
+        "108775051": 6,
+        "0108775044": 10,
     }
     assert raw.column("detail_desc").to_pylist()[1] == "Line one\nline two\nline three"
 
@@ -337,10 +377,13 @@ def test_two_writers_of_one_table_both_commit_the_later_one_wins(tmp_path):
             for i in range(3):
                 time.sleep(0.3)
                 yield pa.record_batch({"x": [10 + i]}, schema=schema)
+
         return gen()
 
     result = {}
-    writer = threading.Thread(target=lambda: result.setdefault("slow", lake.write("t", slow_source, schema=schema)))
+    writer = threading.Thread(
+        target=lambda: result.setdefault("slow", lake.write("t", slow_source, schema=schema))
+    )
     writer.start()
     time.sleep(0.2)
     fast = lake.write("t", pa.table({"x": [7]}))
@@ -349,7 +392,11 @@ def test_two_writers_of_one_table_both_commit_the_later_one_wins(tmp_path):
     assert sorted(lake.read("t").column("x").to_pylist()) == [10, 11, 12]
 
     # a stream that was already read cannot be written again: the race is reported, not hidden
-    writer = threading.Thread(target=lambda: result.__setitem__("stream", _try(lambda: lake.write("t", slow_source(), schema=schema))))
+    writer = threading.Thread(
+        target=lambda: result.__setitem__(
+            "stream", _try(lambda: lake.write("t", slow_source(), schema=schema))
+        )
+    )
     writer.start()
     time.sleep(0.2)
     lake.write("t", pa.table({"x": [8]}))

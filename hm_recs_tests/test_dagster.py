@@ -15,14 +15,40 @@ from hm_recs.paths import PROJECT_ROOT
 pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
 
 EXPECTED_ASSETS = {
-    "raw_articles", "raw_customers", "raw_transactions", "clean_articles", "clean_customers", "clean_transactions",
-    "image_manifest", "article_features", "customer_features", "sessions", "time_split", "popularity_baselines",
-    "evaluation_events", "popularity_evaluation", "gru4rec_model", "gru4rec_evaluation",
-    "vqgan_base_model", "vqgan_finetuned_model", "vqgan_evaluation", "image_tokens",
-    "bart_tokenizer", "bart_training_sequences", "bart_model_text_small", "bart_model_text_large",
-    "bart_model_image_full", "bart_model_image_compact", "bart_model_semantic_id", "bart_model_semantic_id_text",
-    "item_index", "semantic_ids", "bart_evaluation",
-    "model_comparison", "recommendations",
+    "raw_articles",
+    "raw_customers",
+    "raw_transactions",
+    "clean_articles",
+    "clean_customers",
+    "clean_transactions",
+    "image_manifest",
+    "article_features",
+    "customer_features",
+    "sessions",
+    "time_split",
+    "popularity_baselines",
+    "evaluation_events",
+    "popularity_evaluation",
+    "gru4rec_model",
+    "gru4rec_evaluation",
+    "vqgan_base_model",
+    "vqgan_finetuned_model",
+    "vqgan_evaluation",
+    "image_tokens",
+    "bart_tokenizer",
+    "bart_training_sequences",
+    "bart_model_text_small",
+    "bart_model_text_large",
+    "bart_model_image_full",
+    "bart_model_image_compact",
+    "bart_model_semantic_id",
+    "bart_model_semantic_id_text",
+    "item_index",
+    "semantic_ids",
+    "bart_evaluation",
+    "model_comparison",
+    "champion",
+    "recommendations",
 }
 
 
@@ -42,12 +68,23 @@ def test_definitions_load_with_groups_checks_and_resources():
     checked = {c.asset_key.to_user_string() for c in graph.asset_check_keys}
     for group in groups:  # at least one asset check per group
         assert any(graph.get(dg.AssetKey(k)).group_name == group for k in checked), group
-    assert {"hm_data", "lake", "pyspark", "compute", "evaluation_protocol", "lancedb", "bart", "mlflow"} <= set(defs.resources)
+    assert {
+        "hm_data",
+        "lake",
+        "pyspark",
+        "compute",
+        "evaluation_protocol",
+        "lancedb",
+        "bart",
+        "mlflow",
+    } <= set(defs.resources)
 
 
 def test_dg_check_defs_passes():
     dg_bin = Path(sys.executable).parent / "dg"
-    out = subprocess.run([str(dg_bin), "check", "defs"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(dg_bin), "check", "defs"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -69,21 +106,43 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
             failed = [e.check_name for e in evaluations if not e.passed]
             assert not failed, f"{name}: failed checks {failed}"
         materialized = {
-            k.to_user_string() for k in EXPECTED_ASSETS_KEYS if instance.get_latest_materialization_event(k) is not None
+            k.to_user_string()
+            for k in EXPECTED_ASSETS_KEYS
+            if instance.get_latest_materialization_event(k) is not None
         }
         assert materialized == EXPECTED_ASSETS
-        ev = instance.get_latest_materialization_event(dg.AssetKey("clean_transactions")).asset_materialization
+        ev = instance.get_latest_materialization_event(
+            dg.AssetKey("clean_transactions")
+        ).asset_materialization
         assert ev.metadata["rejected"].value == 0 and ev.metadata["dagster/row_count"].value == 12_000
 
         metrics = read_metrics(lake)
-        bart = {f"bart_{v}" for v in ("text_small", "text_large", "image_full", "image_compact", "semantic_id", "semantic_id_text")}
-        assert set(metrics["model"]) == {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_session", "gru4rec_warm"} | bart
+        bart = {
+            f"bart_{v}"
+            for v in (
+                "text_small",
+                "text_large",
+                "image_full",
+                "image_compact",
+                "semantic_id",
+                "semantic_id_text",
+            )
+        }
+        assert (
+            set(metrics["model"])
+            == {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_session", "gru4rec_warm"} | bart
+        )
         assert set(metrics["split"]) == {"validation", "test"}
         assert metrics["value"].between(0, 1).all()
         map12 = metrics[(metrics["metric"] == "MAP@12")].set_index(["model", "split"])["value"]
         assert map12.max() > 0
-        gru = instance.get_latest_materialization_event(dg.AssetKey("gru4rec_evaluation")).asset_materialization
-        assert "Recall@20" in gru.metadata["table2"].value and gru.metadata["vs_pop_recall20_validation"].value["diff"] > 0
+        gru = instance.get_latest_materialization_event(
+            dg.AssetKey("gru4rec_evaluation")
+        ).asset_materialization
+        assert (
+            "Recall@20" in gru.metadata["table2"].value
+            and gru.metadata["vs_pop_recall20_validation"].value["diff"] > 0
+        )
 
         # MLflow: every run ended, the models are registered, a champion serves the recommendations
         from mlflow import MlflowClient
@@ -94,30 +153,66 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
         runs = client.search_runs([client.get_experiment_by_name("hm_recs").experiment_id])
         assert runs and {r.info.status for r in runs} == {"FINISHED"}
         names = {m.name for m in client.search_registered_models()}
-        assert {"hm_recs_pop_all_time", "hm_recs_gru4rec", "hm_recs_vqgan", "hm_recs_bart_text_large", "hm_recs_recommender"} <= names
+        assert {
+            "hm_recs_pop_all_time",
+            "hm_recs_gru4rec",
+            "hm_recs_vqgan",
+            "hm_recs_bart_text_large",
+            "hm_recs_recommender",
+        } <= names
         champion = client.get_model_version_by_alias("hm_recs_recommender", "champion")
         assert champion.tags["status"] == "champion"
-        comparison = instance.get_latest_materialization_event(dg.AssetKey("model_comparison")).asset_materialization
+        # promotion is an asset on the lineage graph: its materialization records the decision,
+        # its blocking check that the champion serves
+        promoted = instance.get_latest_materialization_event(dg.AssetKey("champion")).asset_materialization
+        assert promoted.metadata["decisions"].value[0]["kind"] == "first"
+        serves = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey("champion"), "champion_serves")
+        )
+        assert serves.status.value == "SUCCEEDED"  # the check passed
+        comparison = instance.get_latest_materialization_event(
+            dg.AssetKey("model_comparison")
+        ).asset_materialization
         assert "MAP@12" in comparison.metadata["comparison"].value and "mlflow_run" in comparison.metadata
         # one run per model, the same metric names on each: MLflow's compare view and search_runs rank them
-        ranked = client.search_runs([client.get_experiment_by_name("hm_recs").experiment_id], "metrics.test_MAP_at_12 >= 0")
+        ranked = client.search_runs(
+            [client.get_experiment_by_name("hm_recs").experiment_id], "metrics.test_MAP_at_12 >= 0"
+        )
         names = {r.info.run_name for r in ranked}
-        assert {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_model", "bart_model_semantic_id"} <= names
+        assert {
+            "pop_all_time",
+            "pop_last_week",
+            "pop_time_decay",
+            "gru4rec_model",
+            "bart_model_semantic_id",
+        } <= names
         assert all("test_MAP_at_12_ci_low" in r.data.metrics for r in ranked)
         # MLflow 3: every registered model is a logged model (the Models tab) with its metrics linked
-        logged = {m.name: m for m in client.search_logged_models([client.get_experiment_by_name("hm_recs").experiment_id])}
+        logged = {
+            m.name: m
+            for m in client.search_logged_models([client.get_experiment_by_name("hm_recs").experiment_id])
+        }
         assert {"hm_recs_pop_all_time", "hm_recs_gru4rec", "hm_recs_vqgan"} <= set(logged)
         assert "test_MAP_at_12" in {m.key for m in logged["hm_recs_gru4rec"].metrics}
         gru_run = client.get_run(logged["hm_recs_gru4rec"].source_run_id)
         assert {d.dataset.name for d in gru_run.inputs.dataset_inputs} == {"sessions/purchases"}
         # the table pages describe their columns
-        for key in ("clean_transactions", "sessions", "popularity_evaluation", "model_comparison", "recommendations"):
+        for key in (
+            "clean_transactions",
+            "sessions",
+            "popularity_evaluation",
+            "model_comparison",
+            "recommendations",
+        ):
             event = instance.get_latest_materialization_event(dg.AssetKey(key))
             schema = event.asset_materialization.metadata["dagster/column_schema"].value
             assert [c.name for c in schema.columns if not c.description] == [], key
         # each evaluation asset owns its metrics table
         assert {t for t in lake.tables() if t.endswith("_metrics")} == {
-            "evaluation/popularity_metrics", "evaluation/gru4rec_metrics", "evaluation/bart_metrics"}
+            "evaluation/popularity_metrics",
+            "evaluation/gru4rec_metrics",
+            "evaluation/bart_metrics",
+        }
 
         # the Kaggle submission: every customer, 12 article ids each; the CLI on a known and an unknown id
         import pandas as pd
@@ -127,19 +222,30 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
 
         sub = pd.read_csv(state_dir() / "submissions" / "submission.csv", dtype=str)
         customers = pd.read_csv(tiny_dataset / "customers.csv", dtype=str)["customer_id"]
-        assert list(sub.columns) == ["customer_id", "prediction"] and set(sub["customer_id"]) == set(customers)
+        assert list(sub.columns) == ["customer_id", "prediction"] and set(sub["customer_id"]) == set(
+            customers
+        )
         assert sub["prediction"].str.split().map(len).eq(12).all()
         assert cli(["recommend", sub["customer_id"].iloc[0], "--k", "5"]) == 0
-        # an unknown id gets what the REST endpoint answers (the model's fallback, flagged); a malformed one exit 2
+        # an unknown id gets what the REST endpoint answers (the model's fallback, flagged); a malformed one
+        # exit 2
         fallback = lake.read("serving/unknown_customer").to_pylist()[0]
-        assert fallback["source"] == "fallback: unknown customer" and len(fallback["prediction"].split()) == 12
-        assert cli(["recommend", "0" * 64]) == 0 and "source: fallback: unknown customer" in capsys.readouterr().out
+        assert (
+            fallback["source"] == "fallback: unknown customer" and len(fallback["prediction"].split()) == 12
+        )
+        assert (
+            cli(["recommend", "0" * 64]) == 0
+            and "source: fallback: unknown customer" in capsys.readouterr().out
+        )
         assert cli(["recommend", "not-an-id"]) == 2
 
         # re-running ingestion is idempotent: same rows, a new Delta version
         before = (lake.count("clean/transactions"), lake.version("clean/transactions"))
         assert defs.resolve_job_def("ingest").execute_in_process(instance=instance).success
-        assert lake.count("clean/transactions") == before[0] and lake.version("clean/transactions") == before[1] + 1
+        assert (
+            lake.count("clean/transactions") == before[0]
+            and lake.version("clean/transactions") == before[1] + 1
+        )
 
 
 EXPECTED_ASSETS_KEYS = [dg.AssetKey(k) for k in EXPECTED_ASSETS]
@@ -169,7 +275,11 @@ def test_every_asset_has_an_owner_a_code_version_and_described_checks():
         node = graph.get(key)
         assert node.owners and node.code_version, key
     assert graph.get(dg.AssetKey("clean_transactions")).owners == ["team:data-platform"]
-    assert graph.get(dg.AssetKey("gru4rec_model")).code_version == domain_code_version("models") != domain_code_version("ingest")
+    assert (
+        graph.get(dg.AssetKey("gru4rec_model")).code_version
+        == domain_code_version("models")
+        != domain_code_version("ingest")
+    )
     assert not [str(k) for k in graph.asset_check_keys if not graph.get_check_spec(k).description]
     # the weekly cycle's assets say how fresh they must be (the daemon evaluates it: freshness enabled)
     weekly = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).freshness_policy}

@@ -18,8 +18,19 @@ from hm_recs.models.vqgan import CONFIGS
 pytestmark = pytest.mark.xdist_group("ddp")
 
 STEPS = 3
-VQ = dataclasses.replace(CONFIGS["small"], resolution=32, ch=32, ch_mult=(1, 2), attn_resolutions=(), z_channels=32,
-                         embed_dim=8, n_embed=32, disc_start=10_000, disc_ndf=8, dropout=0.0)
+VQ = dataclasses.replace(
+    CONFIGS["small"],
+    resolution=32,
+    ch=32,
+    ch_mult=(1, 2),
+    attn_resolutions=(),
+    z_channels=32,
+    embed_dim=8,
+    n_embed=32,
+    disc_start=10_000,
+    disc_ndf=8,
+    dropout=0.0,
+)
 
 
 class Items(Dataset):
@@ -43,7 +54,11 @@ class RankShard(Sampler):
     def __iter__(self):
         import torch.distributed as dist
 
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        rank, world = (
+            (dist.get_rank(), dist.get_world_size())
+            if dist.is_available() and dist.is_initialized()
+            else (0, 1)
+        )
         return iter(range(rank, self.n, world))
 
     def __len__(self):
@@ -51,14 +66,23 @@ class RankShard(Sampler):
 
 
 def _loader(items, devices: int) -> DataLoader:
-    return DataLoader(Items(items), batch_size=4 // devices, sampler=RankShard(len(items)))  # a global batch of 4
+    return DataLoader(
+        Items(items), batch_size=4 // devices, sampler=RankShard(len(items))
+    )  # a global batch of 4
 
 
 def _fit(module, loader, devices: int, tmp_path):
     kw = DeviceSpec("cpu", devices).lightning_kwargs(find_unused_parameters=True)
-    trainer = L.Trainer(max_steps=STEPS * (2 if module.automatic_optimization is False else 1), logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-                        use_distributed_sampler=False, **kw)
+    trainer = L.Trainer(
+        max_steps=STEPS * (2 if module.automatic_optimization is False else 1),
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        use_distributed_sampler=False,
+        **kw,
+    )
     trainer.fit(module, loader)
 
 
@@ -113,8 +137,20 @@ def test_bart_step_under_ddp_matches_one_process(tmp_path):
         target = tok("Ladieswear, Trousers, Black", return_tensors="pt")["input_ids"][0]
         batches = []
         for i in range(4 * STEPS):
-            src = tok(" | ".join(texts[i % 16 : i % 16 + 1 + i % 3]), max_length=64, padding="max_length", truncation=True, return_tensors="pt")
-            batches.append({"input_ids": src["input_ids"][0], "attention_mask": src["attention_mask"][0], "labels": target})
+            src = tok(
+                " | ".join(texts[i % 16 : i % 16 + 1 + i % 3]),
+                max_length=64,
+                padding="max_length",
+                truncation=True,
+                return_tensors="pt",
+            )
+            batches.append(
+                {
+                    "input_ids": src["input_ids"][0],
+                    "attention_mask": src["attention_mask"][0],
+                    "labels": target,
+                }
+            )
         hist = tmp_path / f"bart{devices}.json"
         module = BartModule(model, 1e-3, 0, str(hist))
         _fit(module, _loader(batches, devices), devices, tmp_path / f"bart_run{devices}")

@@ -44,10 +44,18 @@ def test_kaggle_layout_passes_the_contract_with_no_rejects(tiny_dataset, tmp_pat
     lake = Lake(str(tmp_path))
     results = [ingest.load_raw(tiny_dataset, c, lake) for c in (ARTICLES, CUSTOMERS, TRANSACTIONS)]
     results += [ingest.clean(ARTICLES, lake), ingest.clean(CUSTOMERS, lake)]
-    results.append(ingest.clean(TRANSACTIONS, lake, ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS)))
+    results.append(
+        ingest.clean(
+            TRANSACTIONS, lake, ingest.key_values(lake, ARTICLES), ingest.key_values(lake, CUSTOMERS)
+        )
+    )
     assert all(r.rejected == 0 for r in results), [r.rejects for r in results]
     scale = SCALES["tiny"]
-    assert (results[3].rows_out, results[4].rows_out, results[5].rows_out) == (scale.articles, scale.customers, scale.transactions)
+    assert (results[3].rows_out, results[4].rows_out, results[5].rows_out) == (
+        scale.articles,
+        scale.customers,
+        scale.transactions,
+    )
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tiny_dataset, tmp_path):
@@ -96,16 +104,41 @@ def test_marginals_match_the_real_aggregates(frames):
     t, a, c = frames
     cal = load_calibration()
     ta = t.merge(a, on="article_id")
-    assert _share_distance(ta["index_group_name"].value_counts(normalize=True), cal["transaction_share"]["index_group"]) < 0.05
-    assert _share_distance(ta["product_group_name"].value_counts(normalize=True), cal["transaction_share"]["product_group"]) < 0.15
-    assert _share_distance(ta["colour_group_name"].value_counts(normalize=True), cal["transaction_share"]["colour_group"]) < 0.15
-    assert _share_distance(a["index_group_name"].value_counts(normalize=True), cal["article_share"]["index_group"]) < 0.1
+    assert (
+        _share_distance(
+            ta["index_group_name"].value_counts(normalize=True), cal["transaction_share"]["index_group"]
+        )
+        < 0.05
+    )
+    assert (
+        _share_distance(
+            ta["product_group_name"].value_counts(normalize=True), cal["transaction_share"]["product_group"]
+        )
+        < 0.15
+    )
+    assert (
+        _share_distance(
+            ta["colour_group_name"].value_counts(normalize=True), cal["transaction_share"]["colour_group"]
+        )
+        < 0.15
+    )
+    assert (
+        _share_distance(
+            a["index_group_name"].value_counts(normalize=True), cal["article_share"]["index_group"]
+        )
+        < 0.1
+    )
     assert t["sales_channel_id"].eq(2).mean() == pytest.approx(cal["sales_channel"]["2"], abs=0.04)
     status = c["club_member_status"].fillna("Unknown").value_counts(normalize=True)
     assert _share_distance(status, cal["club_member_status"]) < 0.05
     assert t["price"].mean() == pytest.approx(cal["totals"]["avg_price"], rel=0.25)
     days = t.groupby("t_dat").size()
-    ref = pd.Series(cal["daily"]["transactions"], index=pd.date_range(cal["daily"]["start"], periods=len(cal["daily"]["transactions"])).strftime("%Y-%m-%d"))
+    ref = pd.Series(
+        cal["daily"]["transactions"],
+        index=pd.date_range(cal["daily"]["start"], periods=len(cal["daily"]["transactions"])).strftime(
+            "%Y-%m-%d"
+        ),
+    )
     assert np.corrcoef(days.to_numpy(), ref[days.index].to_numpy())[0, 1] > 0.99
     assert t["customer_id"].nunique() == len(c)  # everyone in customers.csv bought something
 
@@ -122,7 +155,9 @@ def test_structure_a_recommender_can_learn(frames):
     assert own[buyers >= 10].mean() > 0.75
     # complements: after an upper-body garment, a lower-body one is far more likely than at random
     ta = ta.assign(prev_group=ta.groupby("customer_id")["product_group_name"].shift())
-    after_upper = ta[ta["prev_group"] == "Garment Upper body"]["product_group_name"].eq("Garment Lower body").mean()
+    after_upper = (
+        ta[ta["prev_group"] == "Garment Upper body"]["product_group_name"].eq("Garment Lower body").mean()
+    )
     base = ta["product_group_name"].eq("Garment Lower body").mean()
     assert after_upper > 1.3 * base
     # colour variants share a product code and new products launch over time

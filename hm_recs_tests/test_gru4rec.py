@@ -1,4 +1,6 @@
-"""GRU4Rec: the session-parallel iterator, sampling, losses, the sparse optimiser, learning, evaluation, resume."""
+"""GRU4Rec: the session-parallel iterator, sampling, losses, the sparse optimiser, learning, evaluation,
+resume.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +55,11 @@ def test_session_parallel_iterator_resets_exactly_at_boundaries_and_loses_nothin
             assert inputs[i] == data.items[data.offsets[sess[i]]]
         slot_session = sess
         seen.extend(zip(inputs.tolist(), targets.tolist(), strict=True))
-    expected = [(a, a + 1) for s in range(data.n_sessions) for a in data.items[data.offsets[s] : data.offsets[s + 1] - 1]]
+    expected = [
+        (a, a + 1)
+        for s in range(data.n_sessions)
+        for a in data.items[data.offsets[s] : data.offsets[s + 1] - 1]
+    ]
     assert sorted(seen) == sorted(expected) and len(seen) == data.n_events
 
 
@@ -86,7 +92,9 @@ def test_sampler_follows_support_to_the_alpha():
 def test_cross_entropy_with_logq_by_hand():
     scores = torch.tensor([[2.0, 0.0, 1.0], [0.5, 1.5, -1.0]])
     plain = cross_entropy_logq(scores, None, 0.0)
-    by_hand = -(2.0 - np.log(np.exp(2) + np.exp(0) + np.exp(1))) - (1.5 - np.log(np.exp(0.5) + np.exp(1.5) + np.exp(-1)))
+    by_hand = -(2.0 - np.log(np.exp(2) + np.exp(0) + np.exp(1))) - (
+        1.5 - np.log(np.exp(0.5) + np.exp(1.5) + np.exp(-1))
+    )
     assert float(plain) == pytest.approx(by_hand, rel=1e-6)
     log_q = torch.log(torch.tensor([0.5, 0.25, 0.25]))
     corrected = cross_entropy_logq(scores, log_q, 1.0)
@@ -240,10 +248,20 @@ def sequence_sessions(n_sessions=60):
     return SessionData(np.array(items), np.array(offsets))
 
 
-@pytest.mark.parametrize("variant", [{}, {"loss": "bpr-max", "bpreg": 0.1, "elu_param": 0.5}, {"constrained_embedding": False}, {"constrained_embedding": False, "embedding": 16}])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"loss": "bpr-max", "bpreg": 0.1, "elu_param": 0.5},
+        {"constrained_embedding": False},
+        {"constrained_embedding": False, "embedding": 16},
+    ],
+)
 def test_a_tiny_model_learns_a_deterministic_sequence(variant):
     data = sequence_sessions()
-    cfg = GRU4RecConfig(layers=(32,), batch_size=8, n_sample=4, learning_rate=0.2, n_epochs=25, seed=1, **variant)
+    cfg = GRU4RecConfig(
+        layers=(32,), batch_size=8, n_sample=4, learning_rate=0.2, n_epochs=25, seed=1, **variant
+    )
     model = GRU4Rec(cfg, np.arange(12), np.full(12, 10.0))
     model.fit(data, progress=False)
     result = model.evaluate_sessions(sequence_sessions(6))
@@ -278,7 +296,9 @@ def test_resume_after_a_kill_continues_from_the_saved_epoch(tmp_path):
     first.fit(data, checkpoint_dir=tmp_path / "ck", progress=False, max_epochs=2)  # "killed" after epoch 2
     assert sorted(p.name for p in (tmp_path / "ck").glob("epoch-*.pt")) == ["epoch-001.pt", "epoch-002.pt"]
     (tmp_path / "ck" / "fingerprint.txt").write_text("data-v1")
-    resumed, did_resume = train_resumable(data, items, support, cfg, tmp_path / "ck", "data-v1", progress=False)
+    resumed, did_resume = train_resumable(
+        data, items, support, cfg, tmp_path / "ck", "data-v1", progress=False
+    )
     assert did_resume and resumed.epochs_done == 4
     assert resumed.history.epoch_loss == pytest.approx(straight.history.epoch_loss, rel=1e-5)
     for a, b in zip(resumed.net.parameters(), straight.net.parameters(), strict=True):
@@ -289,7 +309,9 @@ def test_resume_after_a_kill_continues_from_the_saved_epoch(tmp_path):
 
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path):
-    model = GRU4Rec(PRESETS["demo"].with_overrides(n_epochs=1, n_sample=4), np.array([3, 8, 9]), np.array([1.0, 2.0, 3.0]))
+    model = GRU4Rec(
+        PRESETS["demo"].with_overrides(n_epochs=1, n_sample=4), np.array([3, 8, 9]), np.array([1.0, 2.0, 3.0])
+    )
     model.fit(SessionData(np.array([0, 1, 2, 1]), np.array([0, 2, 4])), progress=False)
     path = model.save(tmp_path / "m.pt")
     torch.load(path, weights_only=True)  # nothing pickled beyond tensors and strings

@@ -18,7 +18,17 @@ def _compose() -> dict:
 
 def test_compose_has_every_service_of_the_deployment():
     services = _compose()["services"]
-    assert {"postgres", "objectstore", "mlflow", "spark-master", "spark-worker-1", "spark-worker-2", "code-location", "webserver", "daemon"} <= set(services)
+    assert {
+        "postgres",
+        "objectstore",
+        "mlflow",
+        "spark-master",
+        "spark-worker-1",
+        "spark-worker-2",
+        "code-location",
+        "webserver",
+        "daemon",
+    } <= set(services)
     assert services["mlflow"]["environment"]["MLFLOW_BACKEND"].startswith("postgresql+psycopg2://")
     assert "s3://" in " ".join(services["mlflow"]["command"])
     for name in ("code-location", "webserver", "daemon"):
@@ -51,14 +61,20 @@ def test_no_credential_is_written_in_a_versioned_file():
         if isinstance(value, str) and "postgresql" in value and "@" in value:
             assert "${POSTGRES_PASSWORD" in value, path
     example = (INFRA / ".env.example").read_text()
-    assert all(line.split("=", 1)[1] == "" for line in example.splitlines() if "=" in line and SECRET_KEYS.search(line.split("=")[0]))
+    assert all(
+        line.split("=", 1)[1] == ""
+        for line in example.splitlines()
+        if "=" in line and SECRET_KEYS.search(line.split("=")[0])
+    )
     assert "infra/.env" in (PROJECT_ROOT / ".gitignore").read_text()
 
 
 def test_production_instance_uses_postgres_from_the_environment():
     conf = yaml.safe_load((INFRA / "dagster.yaml").read_text())
     db = conf["storage"]["postgres"]["postgres_db"]
-    assert all(isinstance(db[k], dict) and "env" in db[k] for k in ("hostname", "username", "password", "db_name"))
+    assert all(
+        isinstance(db[k], dict) and "env" in db[k] for k in ("hostname", "username", "password", "db_name")
+    )
     assert conf["run_coordinator"]["class"] == "QueuedRunCoordinator"
 
 
@@ -67,7 +83,10 @@ def test_kubernetes_values_parse_and_keep_secrets_out():
     deployment = values["dagster-user-deployments"]["deployments"][0]
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "hm_recs.definitions"]
     assert {"name": "hm-recs-secrets"} in deployment["envSecrets"]
-    assert values["postgresql"]["enabled"] is False and values["dagsterWebserver"]["service"]["type"] == "ClusterIP"
+    assert (
+        values["postgresql"]["enabled"] is False
+        and values["dagsterWebserver"]["service"]["type"] == "ClusterIP"
+    )
     assert not any(SECRET_KEYS.search(e["name"]) for e in deployment["env"])
     conf = (INFRA / "k8s" / "spark-on-k8s.conf").read_text()
     assert "spark.kubernetes.container.image" in conf and "secretKeyRef" in conf

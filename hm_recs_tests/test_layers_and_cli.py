@@ -15,11 +15,25 @@ from hm_recs.paths import PROJECT_ROOT
 
 # the application layer: the Dagster definitions and what drives them (the demo, the command line)
 APP = {"defs", "definitions.py", "demo.py", "cli.py", "__init__.py", "__pycache__"}
-CORE = sorted(p.name for p in (PROJECT_ROOT / "hm_recs").iterdir() if p.name not in APP and (p.is_dir() or p.suffix == ".py"))
+CORE = sorted(
+    p.name
+    for p in (PROJECT_ROOT / "hm_recs").iterdir()
+    if p.name not in APP and (p.is_dir() or p.suffix == ".py")
+)
 
 
 def test_the_layer_test_covers_every_core_package():
-    assert {"data", "sessions", "evaluation", "baselines", "models", "retrieval", "registry", "synth", "profiles.py"} <= set(CORE)
+    assert {
+        "data",
+        "sessions",
+        "evaluation",
+        "baselines",
+        "models",
+        "retrieval",
+        "registry",
+        "synth",
+        "profiles.py",
+    } <= set(CORE)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -48,7 +62,12 @@ def test_core_never_imports_dagster(part):
 def test_device_spec():
     spec = DeviceSpec("cpu", 1, "32-true")
     assert str(spec.torch_device()) == "cpu"
-    assert spec.lightning_kwargs() == {"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "32-true"}
+    assert spec.lightning_kwargs() == {
+        "accelerator": "cpu",
+        "devices": 1,
+        "strategy": "auto",
+        "precision": "32-true",
+    }
     assert DeviceSpec("cpu", 2).lightning_kwargs()["strategy"] == "ddp_spawn"
     assert DeviceSpec("cpu", 1, "16-mixed").lightning_kwargs()["precision"] == "bf16-mixed"
     with pytest.raises(ValueError):
@@ -85,7 +104,10 @@ def test_console_script_runs():
 
 
 def test_synth_and_validate_commands(tmp_path, capsys):
-    assert main(["synth", "--out", str(tmp_path / "d"), "--scale", "tiny", "--seed", "3", "--images", "none"]) == 0
+    assert (
+        main(["synth", "--out", str(tmp_path / "d"), "--scale", "tiny", "--seed", "3", "--images", "none"])
+        == 0
+    )
     assert "12,000 transactions" in capsys.readouterr().out
     assert main(["validate", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
@@ -111,3 +133,23 @@ def test_synth_and_validate_commands(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "d")]) == 3
     err = capsys.readouterr().err
     assert "transactions_train.csv.gz: cannot be read" in err and "Traceback" not in err
+
+
+def test_the_environment_is_read_in_one_place():
+    """Only hm_recs/settings.py reads environment variables (the demo may still set a few for the
+    Dagster process it drives: DAGSTER_HOME, HM_DATA_DIR, HM_PROFILE)."""
+    import re
+
+    reads = re.compile(r"os\.environ\.get\(|os\.getenv\(|os\.environ\[[^\]]+\](?!\s*=)")
+    offenders = [
+        f"{p.relative_to(PROJECT_ROOT)}:{i}"
+        for p in sorted((PROJECT_ROOT / "hm_recs").rglob("*.py"))
+        if p.name != "settings.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if reads.search(line)
+    ]
+    assert offenders == []
+    from hm_recs.settings import setting
+
+    with pytest.raises(KeyError, match="not a declared"):
+        setting("HM_NOT_A_SETTING")

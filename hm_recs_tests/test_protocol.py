@@ -17,7 +17,10 @@ D = dt.date
 
 def purchases_frame(rows):
     """rows: (customer, article, day, session, position, repeat)"""
-    df = pd.DataFrame(rows, columns=["customer_idx", "article_idx", "t_dat", "session_id", "event_idx", "is_consecutive_repeat"])
+    df = pd.DataFrame(
+        rows,
+        columns=["customer_idx", "article_idx", "t_dat", "session_id", "event_idx", "is_consecutive_repeat"],
+    )
     df["t_dat"] = pd.to_datetime(df["t_dat"]).to_numpy().astype("datetime64[D]")
     return df
 
@@ -50,9 +53,10 @@ def test_events_collapse_repeats_and_carry_history(purchases):
     assert [h.tolist() for h in week.customer_history] == [[1, 2], []]
     assert week.purchases == [{3, 4, 5}, {6}]
 
-    raw = build_target_week(purchases, "test", D(2020, 9, 16), D(2020, 9, 22), 10, EvaluationProtocol(collapse_repeats=False))
+    raw = build_target_week(
+        purchases, "test", D(2020, 9, 16), D(2020, 9, 22), 10, EvaluationProtocol(collapse_repeats=False)
+    )
     assert raw.event_target.tolist() == [3, 4, 5]  # the second unit of 3 is an event here
-
 
 
 def test_map_requests_continue_the_customers_last_session(purchases):
@@ -85,7 +89,10 @@ class Oracle:
     name = "oracle"
 
     def __init__(self, week):
-        self.answers = {(c, len(h)): t for c, h, t in zip(week.event_customer, week.event_history, week.event_target, strict=True)}
+        self.answers = {
+            (c, len(h)): t
+            for c, h, t in zip(week.event_customer, week.event_history, week.event_target, strict=True)
+        }
         self.bought = dict(zip(week.customers.tolist(), week.purchases, strict=True))
 
     def recommend(self, customers, histories, session_starts, k):
@@ -105,7 +112,9 @@ def test_perfect_model_scores_one_and_history_masking_applies_to_all(purchases):
     assert res.metrics["MAP@12"][0] == pytest.approx(1.0)
     assert res.n_events == 2 and res.n_customers == 2
 
-    pop = PopularityRecommender("all_time").fit(purchases["article_idx"].to_numpy(), purchases["t_dat"].to_numpy(), 10, D(2020, 9, 16))
+    pop = PopularityRecommender("all_time").fit(
+        purchases["article_idx"].to_numpy(), purchases["t_dat"].to_numpy(), 10, D(2020, 9, 16)
+    )
     # before the test week: article 1 twice, 2 once; ties by index: [1, 2, 0, 3, ...]
     assert pop.ranking[:4].tolist() == [1, 2, 0, 3]
     res = evaluate(pop, week, protocol)
@@ -113,13 +122,17 @@ def test_perfect_model_scores_one_and_history_masking_applies_to_all(purchases):
     assert res.metrics["Recall@5"][0] == pytest.approx(0.5)
     assert res.metrics["MRR@20"][0] == pytest.approx((1 / 5 + 1 / 6) / 2)
     masked = evaluate(pop, week, EvaluationProtocol(mask_history=True, n_bootstrap=50))
-    # history 1, 2, 3 removed: list 0, 4, 5, ... -> target 4 at rank 2, target 5 at rank 2 (4 is in history then)
+    # history 1, 2, 3 removed: list 0, 4, 5, ... -> target 4 at rank 2, target 5 at rank 2 (4 is in history
+    # then)
     assert masked.metrics["MRR@20"][0] == pytest.approx((1 / 2 + 1 / 2) / 2)
 
 
 def test_popularity_variants():
     items = np.array([0, 0, 0, 1, 1, 2])
-    days = np.array(["2020-01-01", "2020-01-01", "2020-01-02", "2020-01-20", "2020-01-21", "2020-01-21"], dtype="datetime64[D]")
+    days = np.array(
+        ["2020-01-01", "2020-01-01", "2020-01-02", "2020-01-20", "2020-01-21", "2020-01-21"],
+        dtype="datetime64[D]",
+    )
     cutoff = D(2020, 1, 22)
     assert popularity_scores(items, days, 4, cutoff, "all_time").tolist() == [3, 2, 1, 0]
     assert popularity_scores(items, days, 4, cutoff, "last_week").tolist() == [0, 2, 1, 0]
@@ -146,11 +159,31 @@ def _long_metrics():
     import pandas as pd
 
     rows = []
-    for model, base in (("pop_all_time", 0.010), ("bart_semantic_id_images", 0.030), ("gru4rec_session", 0.020)):
+    for model, base in (
+        ("pop_all_time", 0.010),
+        ("bart_semantic_id_images", 0.030),
+        ("gru4rec_session", 0.020),
+    ):
         for split in ("validation", "test"):
-            for metric, scale in (("MAP@12", 1.0), ("Recall@20", 3.0), ("MRR@20", 1.5), ("Recall@5", 2.0), ("MRR@1", 0.5)):
+            for metric, scale in (
+                ("MAP@12", 1.0),
+                ("Recall@20", 3.0),
+                ("MRR@20", 1.5),
+                ("Recall@5", 2.0),
+                ("MRR@1", 0.5),
+            ):
                 v = base * scale
-                rows.append({"model": model, "split": split, "metric": metric, "value": v, "ci_low": v * 0.9, "ci_high": v * 1.1, "n": 1234})
+                rows.append(
+                    {
+                        "model": model,
+                        "split": split,
+                        "metric": metric,
+                        "value": v,
+                        "ci_low": v * 0.9,
+                        "ci_high": v * 1.1,
+                        "n": 1234,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -165,7 +198,10 @@ def test_the_comparison_table_is_narrow_ranked_and_shows_intervals():
     assert lines[0] == "| split | model | MAP@12 | Recall@20 | MRR@20 | Recall@5 | events | train s |"
     body = [line.split(" | ") for line in lines[2:]]
     assert [(b[0].strip("| "), b[1]) for b in body][:3] == [
-        ("test", "bart_semantic_id_images"), ("test", "gru4rec_session"), ("test", "pop_all_time")]
+        ("test", "bart_semantic_id_images"),
+        ("test", "gru4rec_session"),
+        ("test", "pop_all_time"),
+    ]
     assert body[0][2] == "0.0300 [0.0270, 0.0330]" and body[0][6] == "1234" and body[0][7].strip(" |") == "54"
     assert max(len(line) for line in lines) < 200 and "MRR@1 " not in lines[0]
 

@@ -7,10 +7,22 @@ import pytest
 
 from hm_recs_tests.conftest import REAL_SAMPLE, requires_real_sample
 
-pytestmark = [requires_real_sample, pytest.mark.real_data, pytest.mark.spark, pytest.mark.xdist_group("spark")]
+pytestmark = [
+    requires_real_sample,
+    pytest.mark.real_data,
+    pytest.mark.spark,
+    pytest.mark.xdist_group("spark"),
+]
 
 
-EVALUATE_ASSETS = ["time_split", "popularity_baselines", "evaluation_events", "popularity_evaluation", "gru4rec_model", "gru4rec_evaluation"]
+EVALUATE_ASSETS = [
+    "time_split",
+    "popularity_baselines",
+    "evaluation_events",
+    "popularity_evaluation",
+    "gru4rec_model",
+    "gru4rec_evaluation",
+]
 
 
 def test_pipeline_on_the_real_sample(spark, tmp_path, monkeypatch):
@@ -27,11 +39,15 @@ def test_pipeline_on_the_real_sample(spark, tmp_path, monkeypatch):
     with dg.DagsterInstance.ephemeral() as instance:
         # the data layer and the baselines on real rows; the image and BART stages on real photos
         # and articles are in test_vqgan / test_bart (17k photos would take minutes here)
-        _, results = run_pipeline(defs, instance, lake, log=lambda s: None, models=SMOKE_MODELS, evaluate_assets=EVALUATE_ASSETS)
+        _, results = run_pipeline(
+            defs, instance, lake, log=lambda s: None, models=SMOKE_MODELS, evaluate_assets=EVALUATE_ASSETS
+        )
         assert all(r.success for r in results.values())
 
         def meta(asset):
-            return instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata
+            return instance.get_latest_materialization_event(
+                dg.AssetKey(asset)
+            ).asset_materialization.metadata
 
         assert meta("clean_transactions")["rows_out"].value == 31_662
         assert meta("clean_transactions")["rejected"].value == 0
@@ -50,5 +66,11 @@ def test_pipeline_on_the_real_sample(spark, tmp_path, monkeypatch):
     assert lake.count(SESSIONS_TABLE) == 31_662
     metrics = read_metrics(lake)
     test_map = metrics[(metrics.metric == "MAP@12") & (metrics.split == "test")].set_index("model")["value"]
-    assert set(test_map.index) == {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_session", "gru4rec_warm"}
+    assert set(test_map.index) == {
+        "pop_all_time",
+        "pop_last_week",
+        "pop_time_decay",
+        "gru4rec_session",
+        "gru4rec_warm",
+    }
     assert (metrics["value"] >= 0).all() and (metrics["value"] <= 1).all()

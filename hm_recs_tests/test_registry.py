@@ -40,18 +40,26 @@ def test_runs_end_finished_or_failed_never_running(tracking):
     assert info.info.status == "FAILED" and "forced failure" in info.data.tags["error"]
     # the experiment says what it holds and opens on its runs (not the GenAI traces view)
     tags = client.get_experiment(tracking.experiment_id()).tags
-    assert tags["mlflow.experimentKind"] == "custom_model_development" and "test_MAP_at_12" in tags["mlflow.note.content"]
+    assert (
+        tags["mlflow.experimentKind"] == "custom_model_development"
+        and "test_MAP_at_12" in tags["mlflow.note.content"]
+    )
 
 
 def test_runs_of_a_killed_dagster_run_are_closed_by_the_next_one(tracking):
     from hm_recs.registry.tracking import close_orphaned_runs
 
     client = tracking.client()
-    dead = client.create_run(tracking.experiment_id(), tags={"dagster.run_id": "dead"}).info.run_id  # kill -9: never ended
+    dead = client.create_run(
+        tracking.experiment_id(), tags={"dagster.run_id": "dead"}
+    ).info.run_id  # kill -9: never ended
     live = client.create_run(tracking.experiment_id(), tags={"dagster.run_id": "live"}).info.run_id
     mine = client.create_run(tracking.experiment_id(), tags={"dagster.run_id": "me"}).info.run_id
     assert close_orphaned_runs(tracking, lambda r: r == "live", current="me") == [dead]
-    assert client.get_run(dead).info.status == "KILLED" and "no longer running" in client.get_run(dead).data.tags["error"]
+    assert (
+        client.get_run(dead).info.status == "KILLED"
+        and "no longer running" in client.get_run(dead).data.tags["error"]
+    )
     assert client.get_run(live).info.status == "RUNNING" and client.get_run(mine).info.status == "RUNNING"
 
 
@@ -71,11 +79,16 @@ def test_the_local_instance_keeps_everything_under_dagster_home(tmp_path, monkey
         assert {"key": "hm_recs/writes", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
     from hm_recs.definitions import defs
 
-    assert {defs().resolve_job_def(j).tags["hm_recs/writes"] for j in ("ingest", "sessionize")} == {"ingest", "sessions"}
+    assert {defs().resolve_job_def(j).tags["hm_recs/writes"] for j in ("ingest", "sessionize")} == {
+        "ingest",
+        "sessions",
+    }
 
 
 ARTICLES = pd.DataFrame({"article_idx": range(20), "article_id": [f"01080{i:05d}" for i in range(20)]})
-HISTORIES = pd.DataFrame({"customer_id": ["a" * 64, "b" * 64], "history": [np.array([3, 4], np.int32), np.array([5], np.int32)]})
+HISTORIES = pd.DataFrame(
+    {"customer_id": ["a" * 64, "b" * 64], "history": [np.array([3, 4], np.int32), np.array([5], np.int32)]}
+)
 
 
 def _popularity_version(tracking, tmp_path, ranking, name="hm_recs_pop_test"):
@@ -87,9 +100,18 @@ def _popularity_version(tracking, tmp_path, ranking, name="hm_recs_pop_test"):
     )
 
     np.save(tmp_path / "ranking.npy", np.asarray(ranking))
-    bundle = write_recommender_bundle(tmp_path / "bundle", "popularity", ARTICLES, HISTORIES, np.arange(19, -1, -1), {"variant": "all_time"},
-                                      {"ranking.npy": tmp_path / "ranking.npy"})
-    folder = save_pyfunc(RecommenderPyfunc(), {"bundle": str(bundle)}, recommender_signature(), tmp_path / "model")
+    bundle = write_recommender_bundle(
+        tmp_path / "bundle",
+        "popularity",
+        ARTICLES,
+        HISTORIES,
+        np.arange(19, -1, -1),
+        {"variant": "all_time"},
+        {"ranking.npy": tmp_path / "ranking.npy"},
+    )
+    folder = save_pyfunc(
+        RecommenderPyfunc(), {"bundle": str(bundle)}, recommender_signature(), tmp_path / "model"
+    )
     with tracked_run(tracking, "train") as run:
         return register_model(run, folder, name, tags={"kind": "popularity"})
 
@@ -105,7 +127,14 @@ def test_pyfunc_from_the_registry_predicts_valid_distinct_articles(tracking, tmp
         assert len(row) == 12 and len(set(row)) == 12 and set(row) <= set(ARTICLES["article_id"])
     # the model's list first, then the fallback (descending article_idx here)
     assert out["prediction"].iloc[0].split()[:3] == ["0108000002", "0108000007", "0108000019"]
-    assert len(model.predict(pd.DataFrame({"customer_id": ["a" * 64]}), params={"k": 5})["prediction"].iloc[0].split()) == 5
+    assert (
+        len(
+            model.predict(pd.DataFrame({"customer_id": ["a" * 64]}), params={"k": 5})["prediction"]
+            .iloc[0]
+            .split()
+        )
+        == 5
+    )
 
 
 def test_a_registered_model_is_a_logged_model_with_its_metrics_and_input_datasets(tracking, tmp_path):
@@ -116,7 +145,9 @@ def test_a_registered_model_is_a_logged_model_with_its_metrics_and_input_dataset
     version = _popularity_version(tracking, tmp_path, [2, 7])
     client = tracking.client()
     logged = client.search_logged_models([tracking.experiment_id()])
-    assert len(logged) == 1 and str(logged[0].status).endswith("READY") and logged[0].model_type == "popularity"
+    assert (
+        len(logged) == 1 and str(logged[0].status).endswith("READY") and logged[0].model_type == "popularity"
+    )
     # the registered version points at the logged model (the registry page links to it)
     model_id = logged[0].model_id
     assert logged[0].source_run_id == version.run_id and version.source == f"models:/{model_id}"
@@ -126,7 +157,11 @@ def test_a_registered_model_is_a_logged_model_with_its_metrics_and_input_dataset
     assert {m.key: m.value for m in client.get_logged_model(model_id).metrics} == {"test_MAP_at_12": 0.03}
     run.log_inputs({"clean/transactions": ("/lake/clean/transactions", 4)})
     (dataset,) = client.get_run(version.run_id).inputs.dataset_inputs
-    assert (dataset.dataset.name, dataset.dataset.digest, dataset.dataset.source_type) == ("clean/transactions", "v4", "delta_table")
+    assert (dataset.dataset.name, dataset.dataset.digest, dataset.dataset.source_type) == (
+        "clean/transactions",
+        "v4",
+        "delta_table",
+    )
     assert '"delta_table_version": 4' in dataset.dataset.source and dataset.tags[0].value == "training"
 
 
@@ -144,11 +179,20 @@ def test_bad_requests_get_a_clear_error_and_fallbacks_say_so(tracking, tmp_path)
         model.predict(pd.DataFrame({"customer_id": ["a" * 64, str(["b" * 64])]}))
     with pytest.raises(ValueError, match="row 0: customer_id must be one string, got list"):
         model.unwrap_python_model().recommender.predict_frame(pd.DataFrame({"customer_id": [["b" * 64]]}))
-    out = model.unwrap_python_model().recommender.predict_frame(pd.DataFrame({
-        "customer_id": ["a" * 64, None, "c" * 64, "d" * 64],
-        "history": [None, None, ["0108000003", "9999999999"], ["9999999999"]],
-    }))
-    assert out["source"].tolist() == ["model", "fallback: no customer_id", "model", "fallback: no usable history"]
+    out = model.unwrap_python_model().recommender.predict_frame(
+        pd.DataFrame(
+            {
+                "customer_id": ["a" * 64, None, "c" * 64, "d" * 64],
+                "history": [None, None, ["0108000003", "9999999999"], ["9999999999"]],
+            }
+        )
+    )
+    assert out["source"].tolist() == [
+        "model",
+        "fallback: no customer_id",
+        "model",
+        "fallback: no usable history",
+    ]
     assert out["ignored_history_ids"].tolist() == ["", "", "9999999999", "9999999999"]
     assert out["prediction"].iloc[2].split()[0] == "0108000002"  # the model's list, not the fallback
 
@@ -158,7 +202,9 @@ def test_champion_moves_only_when_the_margin_is_met(tracking, tmp_path):
     client = tracking.client()
 
     def round_(score):
-        return promote(tracking, Candidate("pop_test", v.name, v.version, score, "2020-09-09"), "MAP@12", 0.02)
+        return promote(
+            tracking, Candidate("pop_test", v.name, v.version, score, "2020-09-09"), "MAP@12", 0.02
+        )
 
     first = round_(0.0200)
     assert first.promoted and first.reason == "no champion yet"
@@ -194,13 +240,31 @@ def test_a_refit_of_the_champion_family_refreshes_it_and_a_challenger_needs_the_
         return Candidate("x", family, "1", score, "2020-09-16", before)
 
     # the same family on one more week ties with the champion: a refresh, not a challenger
-    assert decide(cand("hm_recs_gru4rec", 0.0400, "2020-09-23"), champion, 0.02, 0.25)[:2] == (True, "refresh")
-    assert decide(cand("hm_recs_gru4rec", 0.0310, "2020-09-23"), champion, 0.02, 0.25)[:2] == (True, "refresh")
-    assert decide(cand("hm_recs_gru4rec", 0.0290, "2020-09-23"), champion, 0.02, 0.25)[:2] == (False, "refit held back")
+    assert decide(cand("hm_recs_gru4rec", 0.0400, "2020-09-23"), champion, 0.02, 0.25)[:2] == (
+        True,
+        "refresh",
+    )
+    assert decide(cand("hm_recs_gru4rec", 0.0310, "2020-09-23"), champion, 0.02, 0.25)[:2] == (
+        True,
+        "refresh",
+    )
+    assert decide(cand("hm_recs_gru4rec", 0.0290, "2020-09-23"), champion, 0.02, 0.25)[:2] == (
+        False,
+        "refit held back",
+    )
     # the same family on the same data is a retrain, which needs the margin like any other model
-    assert decide(cand("hm_recs_gru4rec", 0.0401, "2020-09-16"), champion, 0.02, 0.25)[:2] == (False, "challenger")
-    assert decide(cand("hm_recs_pop_time_decay", 0.0405, "2020-09-23"), champion, 0.02, 0.25)[:2] == (False, "challenger")
-    assert decide(cand("hm_recs_pop_time_decay", 0.0410, "2020-09-23"), champion, 0.02, 0.25)[:2] == (True, "challenger promoted")
+    assert decide(cand("hm_recs_gru4rec", 0.0401, "2020-09-16"), champion, 0.02, 0.25)[:2] == (
+        False,
+        "challenger",
+    )
+    assert decide(cand("hm_recs_pop_time_decay", 0.0405, "2020-09-23"), champion, 0.02, 0.25)[:2] == (
+        False,
+        "challenger",
+    )
+    assert decide(cand("hm_recs_pop_time_decay", 0.0410, "2020-09-23"), champion, 0.02, 0.25)[:2] == (
+        True,
+        "challenger promoted",
+    )
     assert decide(cand("hm_recs_pop_time_decay", 0.01, ""), None, 0.02, 0.25)[:2] == (True, "first")
 
     # through the registry: the refit's training cutoff and the decision land on the served version
@@ -215,7 +279,9 @@ def test_a_refit_of_the_champion_family_refreshes_it_and_a_challenger_needs_the_
     assert first.kind == "first" and refit.promoted and refit.kind == "refresh"
     served = client.get_model_version_by_alias(RECOMMENDER, CHAMPION)
     assert served.version == refit.version and served.tags["trained_before"] == "2020-09-23"
-    assert served.tags["decision_kind"] == "refresh" and "refit of hm_recs_pop_test" in served.tags["decision"]
+    assert (
+        served.tags["decision_kind"] == "refresh" and "refit of hm_recs_pop_test" in served.tags["decision"]
+    )
 
 
 def test_run_profiles_choose_by_machine_and_narrow_the_evaluate_job(monkeypatch):
@@ -234,7 +300,9 @@ def test_run_profiles_choose_by_machine_and_narrow_the_evaluate_job(monkeypatch)
     assert "bart_model_text_small" not in narrowed(demo, selected_assets(demo, keys))["ops"]
     assert selected_assets(run_config("paper"), keys) is None
     assert executor_config("demo") is None  # CPU profiles: every step in the run's process, one after another
-    assert executor_config("paper")["tag_concurrency_limits"] == [{"key": "hm_recs/compute", "value": "torch", "limit": 1}]
+    assert executor_config("paper")["tag_concurrency_limits"] == [
+        {"key": "hm_recs/compute", "value": "torch", "limit": 1}
+    ]
 
 
 def test_the_evaluate_job_opens_on_the_profile_and_runs_one_torch_step_at_a_time():
@@ -247,9 +315,18 @@ def test_the_evaluate_job_opens_on_the_profile_and_runs_one_torch_step_at_a_time
     assert job.tags["hm_recs/profile"] == PROFILE
     assert job.executor_def.name == ("multiprocess" if PROFILE == "paper" else "in_process")
     assert job.run_config == run_config(PROFILE)  # the launchpad's default
-    torch_steps = {k.to_user_string() for k, a in ((k, d.resolve_assets_def(k)) for k in job.asset_layer.selected_asset_keys)
-                   if a.op.tags.get(TORCH_TAG) == "torch"}
-    assert {"gru4rec_model", "vqgan_finetuned_model", "bart_model_semantic_id", "bart_evaluation", "item_index"} <= torch_steps
+    torch_steps = {
+        k.to_user_string()
+        for k, a in ((k, d.resolve_assets_def(k)) for k in job.asset_layer.selected_asset_keys)
+        if a.op.tags.get(TORCH_TAG) == "torch"
+    }
+    assert {
+        "gru4rec_model",
+        "vqgan_finetuned_model",
+        "bart_model_semantic_id",
+        "bart_evaluation",
+        "item_index",
+    } <= torch_steps
     assert "popularity_baselines" not in torch_steps
 
 
@@ -258,13 +335,20 @@ def test_weeks_follow_the_data():
 
     assert week_start(dt.date(2020, 9, 22)) == dt.date(2020, 9, 16)  # Tuesday -> its Wednesday
     assert week_start(dt.date(2020, 9, 16)) == dt.date(2020, 9, 16)
-    assert week_keys_between(dt.date(2020, 9, 1), dt.date(2020, 9, 22)) == ["2020-08-26", "2020-09-02", "2020-09-09", "2020-09-16"]
+    assert week_keys_between(dt.date(2020, 9, 1), dt.date(2020, 9, 22)) == [
+        "2020-08-26",
+        "2020-09-02",
+        "2020-09-09",
+        "2020-09-16",
+    ]
     assert week_keys_covering(dt.date(2018, 9, 20), dt.date(2020, 9, 22)) == ("2018-09-19", "2020-09-16")
     with dg.DagsterInstance.ephemeral() as instance:
         from hm_recs.defs.partitions import WEEKS, add_weeks
 
         assert add_weeks(instance, dt.date(2020, 9, 10), dt.date(2020, 9, 22)) == ["2020-09-09", "2020-09-16"]
-        assert add_weeks(instance, dt.date(2020, 9, 10), dt.date(2020, 9, 29)) == ["2020-09-23"]  # a new week only
+        assert add_weeks(instance, dt.date(2020, 9, 10), dt.date(2020, 9, 29)) == [
+            "2020-09-23"
+        ]  # a new week only
         assert instance.get_dynamic_partitions(WEEKS) == ["2020-09-09", "2020-09-16", "2020-09-23"]
 
 
@@ -320,20 +404,33 @@ def test_two_processes_can_start_on_a_fresh_sqlite_store(tmp_path):
         "with tracked_run(s, sys.argv[3]) as r: r.log_params({'p': sys.argv[3]})\n"
     )
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
-    procs = [subprocess.Popen([sys.executable, "-c", script, uri, str(tmp_path / "artifacts"), f"step{i}"], stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, uri, str(tmp_path / "artifacts"), f"step{i}"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errors
     client = TrackingSettings(uri).client()
     runs = client.search_runs([client.get_experiment_by_name("hm_recs").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["step0", "step1"] and {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.info.run_name for r in runs) == ["step0", "step1"] and {r.info.status for r in runs} == {
+        "FINISHED"
+    }
 
 
 def test_the_pyfunc_models_have_typed_predict_so_mlflow_does_not_warn():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-W", "always", "-c", "import hm_recs.registry.pyfunc"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import hm_recs.registry.pyfunc"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "type hints" not in out.stderr
 
 
@@ -344,9 +441,12 @@ def test_the_evaluate_job_holds_only_the_profiles_bart_variants(tmp_path):
     import subprocess
     import sys
 
-    script = ("from hm_recs.definitions import defs\n"
-              "keys = {k.to_user_string() for k in defs().resolve_job_def('evaluate').asset_layer.selected_asset_keys}\n"
-              "print(sorted(k for k in keys if k.startswith('bart_model_')))\n")
+    script = (
+        "from hm_recs.definitions import defs\n"
+        "keys = {k.to_user_string() for k in "
+        "defs().resolve_job_def('evaluate').asset_layer.selected_asset_keys}\n"
+        "print(sorted(k for k in keys if k.startswith('bart_model_')))\n"
+    )
     env = {**os.environ, "HM_PROFILE": "demo"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -78,7 +78,9 @@ def test_rewriting_some_weeks_is_idempotent_and_leaves_others_alone(spark, inges
     again = lake.read(SESSIONS_TABLE).to_pandas()
     assert len(again) == len(full)
     cols = ["session_id", "line", "event_idx"]
-    assert again.sort_values(cols)[cols].to_numpy().tolist() == full.sort_values(cols)[cols].to_numpy().tolist()
+    assert (
+        again.sort_values(cols)[cols].to_numpy().tolist() == full.sort_values(cols)[cols].to_numpy().tolist()
+    )
     # an empty week range removes those weeks' rows (the source has none left)
     empty = src.where("t_dat < '2000-01-01'")
     write_sessions(sessionize(empty, weeks=last), lake, tmp_path, weeks=last)

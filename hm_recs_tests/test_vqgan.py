@@ -32,7 +32,18 @@ from hm_recs.models.vqgan_training import (
 from hm_recs_tests.conftest import REAL_SAMPLE
 
 # a tiny config with the small config's structure, fast enough for unit tests
-TINY = dataclasses.replace(CONFIGS["small"], resolution=32, ch=32, ch_mult=(1, 2), attn_resolutions=(16,), z_channels=32, embed_dim=16, n_embed=64, disc_start=2, disc_ndf=16)
+TINY = dataclasses.replace(
+    CONFIGS["small"],
+    resolution=32,
+    ch=32,
+    ch_mult=(1, 2),
+    attn_resolutions=(16,),
+    z_channels=32,
+    embed_dim=16,
+    n_embed=64,
+    disc_start=2,
+    disc_ndf=16,
+)
 
 
 def photo_paths(tiny_dataset, n=24) -> list[Path]:
@@ -71,18 +82,36 @@ def test_quantizer_straight_through_gradient_and_loss():
 
 def official_like_checkpoint(model: VQModel, path: Path) -> Path:
     """A file in the official layout: a Lightning-1 style pickle with ``state_dict`` and extras."""
-    torch.save({"epoch": 3, "global_step": 100, "pytorch-lightning_version": "1.0.8", "state_dict": model.state_dict(), "optimizer_states": []}, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 100,
+            "pytorch-lightning_version": "1.0.8",
+            "state_dict": model.state_dict(),
+            "optimizer_states": [],
+        },
+        path,
+    )
     return path
 
 
 def test_official_key_layout_loads_strictly_and_needs_trust(tmp_path):
     source = VQModel(TINY)
     keys = source.state_dict().keys()
-    for expected in ("encoder.down.0.block.0.conv1.weight", "encoder.down.0.downsample.conv.weight", "encoder.mid.attn_1.q.weight",
-                     "decoder.up.1.upsample.conv.weight", "decoder.up.0.block.1.norm2.bias", "quantize.embedding.weight",
-                     "quant_conv.weight", "post_quant_conv.bias", "loss.discriminator.main.0.weight",
-                     "loss.perceptual_loss.net.slice1.0.weight", "loss.perceptual_loss.lin0.model.1.weight",
-                     "loss.perceptual_loss.scaling_layer.shift"):
+    for expected in (
+        "encoder.down.0.block.0.conv1.weight",
+        "encoder.down.0.downsample.conv.weight",
+        "encoder.mid.attn_1.q.weight",
+        "decoder.up.1.upsample.conv.weight",
+        "decoder.up.0.block.1.norm2.bias",
+        "quantize.embedding.weight",
+        "quant_conv.weight",
+        "post_quant_conv.bias",
+        "loss.discriminator.main.0.weight",
+        "loss.perceptual_loss.net.slice1.0.weight",
+        "loss.perceptual_loss.lin0.model.1.weight",
+        "loss.perceptual_loss.scaling_layer.shift",
+    ):
         assert expected in keys, expected
     blocks = {k.split(".")[4] for k in keys if k.startswith("decoder.up.0.block.")}
     assert len(blocks) == TINY.num_res_blocks + 1  # the decoder has one more block per level
@@ -208,9 +237,13 @@ def test_perceptual_term_only_with_calibrated_weights(tmp_path):
     assert not bare.loss.perceptual_calibrated
 
 
-def test_training_from_config_says_the_perceptual_term_is_off_and_starts_the_gan_by_fraction(tiny_dataset, tmp_path):
+def test_training_from_config_says_the_perceptual_term_is_off_and_starts_the_gan_by_fraction(
+    tiny_dataset, tmp_path
+):
     cfg = dataclasses.replace(TINY, perceptual_weight=1.0, disc_start=250_001)
-    settings = TrainingSettings(max_steps=8, batch_size=4, base_learning_rate=2e-4, checkpoint_every=8, disc_start_fraction=0.5)
+    settings = TrainingSettings(
+        max_steps=8, batch_size=4, base_learning_rate=2e-4, checkpoint_every=8, disc_start_fraction=0.5
+    )
     assert settings.disc_start(cfg) == 4
     assert dataclasses.replace(settings, disc_start_fraction=None).disc_start(cfg) == 250_001
     with pytest.warns(UserWarning, match="LPIPS"):
@@ -272,7 +305,9 @@ def test_images_are_cropped_scaled_and_corrupt_ones_skipped(tiny_dataset, tmp_pa
 
 def test_training_lowers_the_loss_and_resumes_from_its_checkpoint(tiny_dataset, tmp_path):
     paths = photo_paths(tiny_dataset, 16)
-    settings = TrainingSettings(max_steps=12, batch_size=4, base_learning_rate=2e-4, checkpoint_every=6, disc_start_fraction=None)
+    settings = TrainingSettings(
+        max_steps=12, batch_size=4, base_learning_rate=2e-4, checkpoint_every=6, disc_start_fraction=None
+    )
     model, result = train_vqgan(TINY, paths, tmp_path / "run", settings, fingerprint="a", progress=False)
     rec = result.history["rec_loss"]
     assert result.steps == 12 and len(rec) == 12

@@ -52,7 +52,8 @@ if (location.port === "%s") {
   localStorage.setItem('MLflowLocalStorage-1.1-ExperimentPage-["%s"]-ReactComponentState', JSON.stringify({
     orderByKey: metric("test_MAP_at_12"), orderByAsc: false, lifecycleFilter: "Active", startTime: "ALL",
     selectedColumns: ["attributes.`Dataset`", "attributes.`Models`", metric("test_MAP_at_12"),
-                      metric("test_MAP_at_12_ci_low"), metric("test_MAP_at_12_ci_high"), metric("test_Recall_at_20")],
+                      metric("test_MAP_at_12_ci_low"), metric("test_MAP_at_12_ci_high"),
+                      metric("test_Recall_at_20")],
   }));
 }
 """
@@ -86,7 +87,9 @@ def _model_runs(tracking_uri: str) -> tuple[str, list[str]]:
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("hm_recs")
-    runs = client.search_runs([experiment.experiment_id], "metrics.test_MAP_at_12 >= 0", order_by=["metrics.test_MAP_at_12 DESC"])
+    runs = client.search_runs(
+        [experiment.experiment_id], "metrics.test_MAP_at_12 >= 0", order_by=["metrics.test_MAP_at_12 DESC"]
+    )
     return experiment.experiment_id, [r.info.run_id for r in runs]
 
 
@@ -108,10 +111,37 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("DAGSTER_HOME", str(ROOT / "state" / "dagster"))
     tracking = env.get("HM_MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'state' / 'mlflow' / 'mlflow.db'}"
     servers = [
-        subprocess.Popen([str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.dagster_port)],
-                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", tracking, "-h", "127.0.0.1", "-p", str(args.mlflow_port)],
-                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(
+            [
+                str(BIN / "dagster-webserver"),
+                "-w",
+                "workspace.yaml",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(args.dagster_port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "ui",
+                "--backend-store-uri",
+                tracking,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(args.mlflow_port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
     ]
     try:
         dagster = f"http://127.0.0.1:{args.dagster_port}"
@@ -121,14 +151,27 @@ def main(argv: list[str] | None = None) -> int:
         experiment, runs = _model_runs(tracking)
         compact = {"separators": (",", ":")}
         compare = "#/compare-runs?" + urllib.parse.urlencode(
-            {"runs": json.dumps(runs, **compact), "experiments": json.dumps([experiment], **compact)})
+            {"runs": json.dumps(runs, **compact), "experiments": json.dumps([experiment], **compact)}
+        )
         asset = f"{dagster}/assets/model_comparison"
         shots = [  # file, page, text the page shows once rendered, viewport height, steps
-            ("dagster_asset_graph.png", f"{dagster}/locations/hm_recs/asset-groups/evaluation", "model_comparison", 1000, ()),
+            (
+                "dagster_asset_graph.png",
+                f"{dagster}/locations/hm_recs/asset-groups/evaluation",
+                "model_comparison",
+                1000,
+                (),
+            ),
             ("dagster_model_comparison.png", asset, "Columns", 2250, ()),
             ("dagster_comparison_table.png", asset, "Columns", 1000, (("click", "[Show Markdown]"),)),
             ("mlflow_runs.png", f"{mlflow}/#/experiments/{experiment}/runs", "model_comparison", 900, ()),
-            ("mlflow_models_tab.png", f"{mlflow}/#/experiments/{experiment}/models", "hm_recs_gru4rec", 900, ()),
+            (
+                "mlflow_models_tab.png",
+                f"{mlflow}/#/experiments/{experiment}/models",
+                "hm_recs_gru4rec",
+                900,
+                (),
+            ),
             ("mlflow_compare_runs.png", f"{mlflow}/{compare}", "Metrics", 2000, ()),
         ]
         from playwright.sync_api import sync_playwright

@@ -62,13 +62,19 @@ class PopularityRecommender:
         self.ranking: np.ndarray | None = None
         self.scores: np.ndarray | None = None
 
-    def fit(self, article_idx: np.ndarray, t_dat: np.ndarray, n_items: int, cutoff: dt.date, max_k: int = 200):
-        self.scores = popularity_scores(article_idx, t_dat, n_items, cutoff, self.variant, self.half_life_days)
+    def fit(
+        self, article_idx: np.ndarray, t_dat: np.ndarray, n_items: int, cutoff: dt.date, max_k: int = 200
+    ):
+        self.scores = popularity_scores(
+            article_idx, t_dat, n_items, cutoff, self.variant, self.half_life_days
+        )
         self.ranking = top_k(self.scores[None, :], max_k)[0]
         self.cutoff = cutoff
         return self
 
-    def recommend(self, customers: np.ndarray, histories: Sequence[np.ndarray], session_starts: np.ndarray, k: int) -> np.ndarray:
+    def recommend(
+        self, customers: np.ndarray, histories: Sequence[np.ndarray], session_starts: np.ndarray, k: int
+    ) -> np.ndarray:
         if self.ranking is None:
             raise RuntimeError(f"{self.name}: call fit() before recommend()")
         if k > len(self.ranking) and self.scores is not None:

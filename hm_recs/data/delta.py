@@ -24,7 +24,9 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 
-def _in_background(batches: Iterable[pa.RecordBatch], errors: list, depth: int = 4) -> Iterator[pa.RecordBatch]:
+def _in_background(
+    batches: Iterable[pa.RecordBatch], errors: list, depth: int = 4
+) -> Iterator[pa.RecordBatch]:
     """Produce ``batches`` on a separate thread, at most ``depth`` ahead.
 
     delta-rs pulls the batches it writes from inside its async runtime; a producer that itself reads
@@ -80,7 +82,9 @@ class Lake:
         try:
             return DeltaTable(self.uri(name), version=version, storage_options=self._options())
         except TableNotFoundError as exc:
-            raise FileNotFoundError(f"Delta table {name!r} not found at {self.uri(name)}: materialize it first") from exc
+            raise FileNotFoundError(
+                f"Delta table {name!r} not found at {self.uri(name)}: materialize it first"
+            ) from exc
 
     def read(self, name: str, columns: list[str] | None = None, filters=None) -> pa.Table:
         return self.table(name).to_pyarrow_table(columns=columns, filters=filters)
@@ -116,12 +120,15 @@ class Lake:
             read = self.version(name) if self.exists(name) else -1
             token = uuid.uuid4().hex
             try:
-                version = self._write_once(name, data() if callable(data) else data, schema, mode, partition_by,
-                                           predicate, token)
+                version = self._write_once(
+                    name, data() if callable(data) else data, schema, mode, partition_by, predicate, token
+                )
                 if not whole or version == read + 1:
                     return version
-                lost = CommitFailedError(f"{self.uri(name)}: another writer committed while version {read} was being "
-                                         f"replaced (landed as version {version})")
+                lost = CommitFailedError(
+                    f"{self.uri(name)}: another writer committed while version {read} was being "
+                    f"replaced (landed as version {version})"
+                )
             except CommitFailedError as exc:
                 lost = exc
             if not retryable or attempt == attempts - 1:
@@ -157,7 +164,9 @@ class Lake:
             raise
         return next((c["version"] for c in self.table(name).history(64) if c.get(WRITE_TOKEN) == token), None)
 
-    def replace_where(self, name: str, data: pa.Table, predicate: str, partition_by: list[str] | None = None) -> int:
+    def replace_where(
+        self, name: str, data: pa.Table, predicate: str, partition_by: list[str] | None = None
+    ) -> int:
         """Replace the rows matching ``predicate`` with ``data`` in one commit (creating the table if
         needed); several writers may share a table, each owning its slice (retried as ``write``)."""
         if not self.exists(name):
@@ -197,13 +206,23 @@ class Lake:
             meta = pq.read_metadata(path)
             st = path.stat()
             actions.append(
-                AddAction(rel, st.st_size, {c: values.get(c) for c in partition_by}, int(st.st_mtime * 1000), True,
-                          json.dumps({"numRecords": meta.num_rows}))
+                AddAction(
+                    rel,
+                    st.st_size,
+                    {c: values.get(c) for c in partition_by},
+                    int(st.st_mtime * 1000),
+                    True,
+                    json.dumps({"numRecords": meta.num_rows}),
+                )
             )
         if not self.exists(name):
-            create_table_with_add_actions(str(root), DeltaSchema.from_arrow(schema), actions, mode="append", partition_by=partition_by)
+            create_table_with_add_actions(
+                str(root), DeltaSchema.from_arrow(schema), actions, mode="append", partition_by=partition_by
+            )
         elif replace is None:
-            self.table(name).create_write_transaction(actions, mode="overwrite", schema=schema, partition_by=partition_by)
+            self.table(name).create_write_transaction(
+                actions, mode="overwrite", schema=schema, partition_by=partition_by
+            )
         else:
             col, lo, hi = replace
             filters = [(col, ">=", str(lo)), (col, "<=", str(hi))]
@@ -219,7 +238,9 @@ class Lake:
         """Every Delta table under the root (a folder holding ``_delta_log``), as lake names."""
         import pyarrow.fs as pafs
 
-        fs, root = pafs.FileSystem.from_uri(self.root if "://" in self.root else str(Path(self.root).resolve()))
+        fs, root = pafs.FileSystem.from_uri(
+            self.root if "://" in self.root else str(Path(self.root).resolve())
+        )
         try:
             found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
         except OSError:
@@ -232,9 +253,14 @@ class Lake:
         (old versions and the orphans of killed writes); time travel keeps working inside it."""
         table = self.table(name)
         compacted = table.optimize.compact()
-        removed = table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False)
-        return {"files_added": int(compacted.get("numFilesAdded", 0)), "files_compacted": int(compacted.get("numFilesRemoved", 0)),
-                "files_vacuumed": len(removed)}
+        removed = table.vacuum(
+            retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
+        )
+        return {
+            "files_added": int(compacted.get("numFilesAdded", 0)),
+            "files_compacted": int(compacted.get("numFilesRemoved", 0)),
+            "files_vacuumed": len(removed),
+        }
 
     def restore(self, name: str, version: int) -> int:
         """Make ``version`` the table's content again, as a new commit (time travel keeps the

@@ -96,8 +96,15 @@ def file_fingerprint(path: str | Path, chunk: int = 8 << 20) -> str:
 
 def record_ingested(lake: Lake, path: Path, fingerprint: str) -> None:
     """Remember what was read from ``path`` (one row per file name, replaced on every ingest)."""
-    row = pa.Table.from_pylist([{"file": path.name, "fingerprint": fingerprint,
-                                 "ingested_at": dt.datetime.now(dt.UTC).replace(tzinfo=None)}])
+    row = pa.Table.from_pylist(
+        [
+            {
+                "file": path.name,
+                "fingerprint": fingerprint,
+                "ingested_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+            }
+        ]
+    )
     lake.replace_where(INGESTED_FILES_TABLE, row, f"file = '{path.name}'")
 
 
@@ -183,10 +190,14 @@ def clean(
     result.rejects.update(parse_rejects)
     result.rows_in += sum(parse_rejects.values())
     if max_reject_fraction is not None and result.reject_fraction > max_reject_fraction:
-        result.refused = f"{result.reject_fraction:.2%} of the rows rejected (limit {max_reject_fraction:.2%})"
+        result.refused = (
+            f"{result.reject_fraction:.2%} of the rows rejected (limit {max_reject_fraction:.2%})"
+        )
     elif max_row_drop is not None and result.dropped_fraction > max_row_drop:
-        result.refused = (f"{result.rows_out:,} clean rows against {result.previous_rows:,} before: "
-                          f"{result.dropped_fraction:.1%} of the table would disappear (limit {max_row_drop:.0%})")
+        result.refused = (
+            f"{result.rows_out:,} clean rows against {result.previous_rows:,} before: "
+            f"{result.dropped_fraction:.1%} of the table would disappear (limit {max_row_drop:.0%})"
+        )
     if result.refused and before is not None:
         result.version = lake.restore(result.table, before)
         result.kept_version = before

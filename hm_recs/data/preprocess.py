@@ -121,7 +121,9 @@ def render_article_text(row: Mapping) -> str:
     return f"{text} {desc}" if desc else text
 
 
-def article_features(articles: pa.Table, imbalance_threshold: float = 0.9) -> tuple[pa.Table, PreprocessReport]:
+def article_features(
+    articles: pa.Table, imbalance_threshold: float = 0.9
+) -> tuple[pa.Table, PreprocessReport]:
     report = PreprocessReport()
     df = articles.to_pandas()
     df = apply_null_policy(df, report)
@@ -135,7 +137,9 @@ def article_features(articles: pa.Table, imbalance_threshold: float = 0.9) -> tu
     return pa.Table.from_pandas(df, preserve_index=False), report
 
 
-def customer_features(customers: pa.Table, imbalance_threshold: float = 0.9) -> tuple[pa.Table, PreprocessReport]:
+def customer_features(
+    customers: pa.Table, imbalance_threshold: float = 0.9
+) -> tuple[pa.Table, PreprocessReport]:
     report = PreprocessReport()
     df = customers.to_pandas()
     df = apply_null_policy(df, report)

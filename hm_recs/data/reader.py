@@ -98,7 +98,9 @@ def _read_csv(path: Path, contract: TableContract, block_size: int):
         except StopIteration:
             break
         except (OSError, EOFError) as exc:
-            raise ContractError(f"{path}: cannot be read past line {next_line} (corrupt or truncated?): {exc}") from exc
+            raise ContractError(
+                f"{path}: cannot be read past line {next_line} (corrupt or truncated?): {exc}"
+            ) from exc
         pending.extend(invalid)
         invalid.clear()
         lines, next_line, consumed = _assign_lines(batch, next_line, pending)
@@ -158,7 +160,9 @@ def _physical_lines(records: np.ndarray, good: np.ndarray, consumed: list, break
     before[order] = breaks + np.cumsum(extra[order]) - extra[order]
     physical = numbers + before
     n = len(records)
-    renumbered = [(int(line), text, ncols) for line, (_, text, ncols) in zip(physical[n:], consumed, strict=True)]
+    renumbered = [
+        (int(line), text, ncols) for line, (_, text, ncols) in zip(physical[n:], consumed, strict=True)
+    ]
     return physical[:n], renumbered, breaks + int(extra.sum())
 
 
@@ -182,9 +186,17 @@ def _decode(batch: pa.RecordBatch, contract: TableContract, source: str, lines: 
             except UnicodeDecodeError:
                 bad_fields.setdefault(row, []).append(name)
     rejects = [
-        Reject(table=contract.name, stage="parse", source_file=source, line=int(lines[row]), fields=",".join(names),
-               reason=f"{', '.join(names)}: not valid UTF-8",
-               record=",".join("" if values[row] is None else values[row].decode("utf-8", "replace") for values in raw))
+        Reject(
+            table=contract.name,
+            stage="parse",
+            source_file=source,
+            line=int(lines[row]),
+            fields=",".join(names),
+            reason=f"{', '.join(names)}: not valid UTF-8",
+            record=",".join(
+                "" if values[row] is None else values[row].decode("utf-8", "replace") for values in raw
+            ),
+        )
         for row, names in sorted(bad_fields.items())
     ]
     keep = np.ones(batch.num_rows, bool)
@@ -208,7 +220,9 @@ def _column_count_reject(contract: TableContract, source: str, inv: tuple[int, s
     )
 
 
-def _with_source(batch: pa.RecordBatch, contract: TableContract, source: str, lines: np.ndarray) -> pa.RecordBatch:
+def _with_source(
+    batch: pa.RecordBatch, contract: TableContract, source: str, lines: np.ndarray
+) -> pa.RecordBatch:
     n = batch.num_rows
     arrays = [batch.column(name) for name in contract.column_names]
     arrays.append(pa.array(np.full(n, source, dtype=object), pa.string()) if n else pa.array([], pa.string()))

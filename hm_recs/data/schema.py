@@ -58,7 +58,10 @@ class TableContract:
         """Every column as text, plus where the record came from."""
         return pa.schema(
             [pa.field(c, pa.string()) for c in self.column_names]
-            + [pa.field("source_file", pa.string(), nullable=False), pa.field("line", pa.int64(), nullable=False)]
+            + [
+                pa.field("source_file", pa.string(), nullable=False),
+                pa.field("line", pa.int64(), nullable=False),
+            ]
         )
 
 
@@ -158,7 +161,11 @@ def image_relpath(article_id: str) -> str:
 def find_table_file(data_dir: str | Path, contract: TableContract) -> Path:
     """The file that holds ``contract`` in a Kaggle-layout directory (CSV, gzipped CSV or Parquet)."""
     data_dir = Path(data_dir)
-    found = [data_dir / f"{contract.file_stem}{s}" for s in SUFFIXES if (data_dir / f"{contract.file_stem}{s}").exists()]
+    found = [
+        data_dir / f"{contract.file_stem}{s}"
+        for s in SUFFIXES
+        if (data_dir / f"{contract.file_stem}{s}").exists()
+    ]
     if not found:
         expected = ", ".join(f"{contract.file_stem}{s}" for s in SUFFIXES)
         raise FileNotFoundError(f"{data_dir}: no {contract.name} file (looked for {expected})")

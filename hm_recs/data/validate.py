@@ -99,7 +99,9 @@ def _number_range_rule(batch, name, lo, hi, required=True) -> Rule:
     values = pc.if_else(is_num, col, pa.scalar(None, pa.string())).cast(pa.float64())
     in_range = pc.and_(pc.greater_equal(values, lo), pc.less_equal(values, hi)).fill_null(False)
     ok = in_range if required else pc.or_kleene(pc.is_null(col), in_range)
-    return Rule(name, lambda b, i: f"{name}: expected a number in [{lo}, {hi}], got {_value(b, name, i)}", _bad(ok))
+    return Rule(
+        name, lambda b, i: f"{name}: expected a number in [{lo}, {hi}], got {_value(b, name, i)}", _bad(ok)
+    )
 
 
 @dataclass
@@ -139,8 +141,10 @@ class TableValidator:
         rules.append(
             Rule(
                 "product_code",
-                lambda bb, i: f"product_code: {_value(bb, 'product_code', i)} is not the first 7 digits "
-                f"of article_id {_value(bb, 'article_id', i)}",
+                lambda bb, i: (
+                    f"product_code: {_value(bb, 'product_code', i)} is not the first 7 digits "
+                    f"of article_id {_value(bb, 'article_id', i)}"
+                ),
                 _bad(pc.equal(prefix, b.column("product_code"))),
             )
         )
@@ -167,7 +171,11 @@ class TableValidator:
         real_date = pc.equal(pc.strftime(dates, format="%Y-%m-%d"), b.column("t_dat"))
         rules = [
             _pattern_rule(b, "t_dat", DATE_PATTERN, "a date YYYY-MM-DD"),
-            Rule("t_dat", lambda bb, i: f"t_dat: {_value(bb, 't_dat', i)} is not a calendar date", _bad(real_date)),
+            Rule(
+                "t_dat",
+                lambda bb, i: f"t_dat: {_value(bb, 't_dat', i)} is not a calendar date",
+                _bad(real_date),
+            ),
             _pattern_rule(b, "customer_id", CUSTOMER_ID_PATTERN, "64 lowercase hex characters"),
             _pattern_rule(b, "article_id", ARTICLE_ID_PATTERN, "10 digits"),
             _number_range_rule(b, "price", 0.0, float("inf")),
@@ -176,7 +184,11 @@ class TableValidator:
         if self.known_articles is not None:
             known = self._lookup("article_id", self.known_articles, b)
             rules.append(
-                Rule("article_id", lambda bb, i: f"article_id: {_value(bb, 'article_id', i)} is not in articles", _bad(known))
+                Rule(
+                    "article_id",
+                    lambda bb, i: f"article_id: {_value(bb, 'article_id', i)} is not in articles",
+                    _bad(known),
+                )
             )
         if self.known_customers is not None:
             known = self._lookup("customer_id", self.known_customers, b)
@@ -282,4 +294,3 @@ class TableValidator:
 def rejects_table(rejects: list[Reject]) -> pa.Table:
     cols = {f.name: [getattr(r, f.name) for r in rejects] for f in REJECTS_SCHEMA}
     return pa.Table.from_pydict(cols, schema=REJECTS_SCHEMA)
-

@@ -65,15 +65,24 @@ def sessionize_request(lake, instance, key_prefix: str) -> dg.RunRequest | dg.Sk
     if found is None:
         return dg.SkipReason("no clean transactions yet: ingest first")
     done = instance.get_materialized_partitions(dg.AssetKey("sessions"))
-    missing = [k for k in instance.get_dynamic_partitions(WEEKS) if k not in done and k <= found[0].isoformat()]
+    missing = [
+        k for k in instance.get_dynamic_partitions(WEEKS) if k not in done and k <= found[0].isoformat()
+    ]
     first_key, last_key = weeks_to_sessionize(found[0], missing)
-    return dg.RunRequest(run_key=f"{key_prefix}-{first_key}-{last_key}-{found[0]}-{found[1]}rows", tags={RANGE_START: first_key, RANGE_END: last_key})
+    return dg.RunRequest(
+        run_key=f"{key_prefix}-{first_key}-{last_key}-{found[0]}-{found[1]}rows",
+        tags={RANGE_START: first_key, RANGE_END: last_key},
+    )
 
 
 @dg.schedule(
-    job=sessionize_job, cron_schedule="0 6 * * 3", execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Wednesdays: sessionize the last two weeks of the ingested data (once per content of the clean "
-                "transactions); retrain_after_sessionize takes it from there",
+    job=sessionize_job,
+    cron_schedule="0 6 * * 3",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Wednesdays: sessionize the last two weeks of the ingested data (once per content of the "
+    "clean "
+    "transactions); retrain_after_sessionize takes it from there",
 )
 def weekly_retraining(context: dg.ScheduleEvaluationContext):
     return sessionize_request(configured_lake(), context.instance, "weekly")
@@ -81,13 +90,22 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext):
 
 def evaluate_request(trigger: str, profile: str = PROFILE) -> dg.RunRequest:
     """The evaluate job with the profile it was built with (its launchpad default, spelled out)."""
-    return dg.RunRequest(run_key=f"after-{trigger}", run_config=run_config(profile),
-                         tags={"hm_recs/trigger": trigger, "hm_recs/profile": profile})
+    return dg.RunRequest(
+        run_key=f"after-{trigger}",
+        run_config=run_config(profile),
+        tags={"hm_recs/trigger": trigger, "hm_recs/profile": profile},
+    )
 
 
 @dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[sessionize_job], request_job=evaluate_job, default_status=STOPPED,
-    description=f"After new weeks are sessionized: retrain, evaluate, compare, promote, recommend (run profile {PROFILE})",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[sessionize_job],
+    request_job=evaluate_job,
+    default_status=STOPPED,
+    description=(
+        "After new weeks are sessionized: retrain, evaluate, compare, promote, recommend (run "
+        f"profile {PROFILE})"
+    ),
 )
 def retrain_after_sessionize(context: dg.RunStatusSensorContext):
     return evaluate_request(context.dagster_run.run_id)
@@ -105,7 +123,9 @@ def transaction_files(data_dir: str) -> list[Path]:
     return list(dict.fromkeys(found + sorted(folder.glob("transactions_*.csv"))))
 
 
-def files_to_ingest(files: list[Path], seen: dict, ingested: dict[str, str], settle_seconds: float, now: float):
+def files_to_ingest(
+    files: list[Path], seen: dict, ingested: dict[str, str], settle_seconds: float, now: float
+):
     """(changed, waiting, seen): files whose content differs from what was ingested, files whose
     size has not yet been stable for ``settle_seconds``, and the updated record of what the sensor
     saw (size, since when, stat and the fingerprint of that stat, so unchanged files are not hashed
@@ -129,9 +149,14 @@ def files_to_ingest(files: list[Path], seen: dict, ingested: dict[str, str], set
     return changed, waiting, out
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=60, default_status=STOPPED,
-           description="A transactions file with new content (not a touch, not what was already ingested) starts ingest "
-                       "once its size is stable")
+@dg.sensor(
+    job=ingest_job,
+    minimum_interval_seconds=60,
+    default_status=STOPPED,
+    description="A transactions file with new content (not a touch, not what was already ingested) starts "
+    "ingest "
+    "once its size is stable",
+)
 def new_transaction_files(context: dg.SensorEvaluationContext, hm_data: HMDataResource):
     from hm_recs.data.ingest import ingested_fingerprints
 
@@ -139,18 +164,27 @@ def new_transaction_files(context: dg.SensorEvaluationContext, hm_data: HMDataRe
     if not files:
         return dg.SkipReason(f"no transactions file in {hm_data.data_dir}")
     seen = json.loads(context.cursor) if context.cursor else {}
-    changed, waiting, seen = files_to_ingest(files, seen, ingested_fingerprints(configured_lake()), hm_data.settle_seconds, time.time())
+    changed, waiting, seen = files_to_ingest(
+        files, seen, ingested_fingerprints(configured_lake()), hm_data.settle_seconds, time.time()
+    )
     context.update_cursor(json.dumps(seen, sort_keys=True))
     if changed:
-        key = hashlib.sha256(json.dumps([[n, seen[n]["fingerprint"]] for n in changed]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([[n, seen[n]["fingerprint"]] for n in changed]).encode()).hexdigest()[
+            :16
+        ]
         return dg.RunRequest(run_key=key, tags={"hm_recs/files": ",".join(changed)})
     if waiting:
-        return dg.SkipReason(f"waiting until {', '.join(waiting)} keeps its size for {hm_data.settle_seconds} s")
+        return dg.SkipReason(
+            f"waiting until {', '.join(waiting)} keeps its size for {hm_data.settle_seconds} s"
+        )
     return dg.SkipReason("the transaction files hold what was already ingested")
 
 
 @dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[ingest_job], request_job=sessionize_job, default_status=STOPPED,
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[ingest_job],
+    request_job=sessionize_job,
+    default_status=STOPPED,
     description="After ingest: sessionize the last two weeks of data",
 )
 def sessionize_after_ingest(context: dg.RunStatusSensorContext):
@@ -159,7 +193,12 @@ def sessionize_after_ingest(context: dg.RunStatusSensorContext):
 
 def record_failure(lake, run_id: str, job: str, message: str, when: dt.datetime | None = None) -> None:
     """Append one failed run to ``ops/run_failures``."""
-    row = {"run_id": run_id, "job": job, "failed_at": (when or dt.datetime.now(dt.UTC)).replace(tzinfo=None), "message": message[:4000]}
+    row = {
+        "run_id": run_id,
+        "job": job,
+        "failed_at": (when or dt.datetime.now(dt.UTC)).replace(tzinfo=None),
+        "message": message[:4000],
+    }
     lake.write(RUN_FAILURES_TABLE, pa.Table.from_pylist([row]), mode="append")
 
 
@@ -178,7 +217,10 @@ def run_end_time(instance, run_id: str) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(stats.end_time, dt.UTC) if stats.end_time else None
 
 
-@dg.run_failure_sensor(default_status=STOPPED, description="Record every failed run, with its failing steps' errors, in ops/run_failures")
+@dg.run_failure_sensor(
+    default_status=STOPPED,
+    description="Record every failed run, with its failing steps' errors, in ops/run_failures",
+)
 def record_run_failures(context: dg.RunFailureSensorContext):
     errors = []
     for event in context.get_step_failure_events():
@@ -186,5 +228,11 @@ def record_run_failures(context: dg.RunFailureSensorContext):
         errors.append((event.step_key, error.to_string().strip() if error else event.message or ""))
     message = failure_message(context.failure_event.message or "", errors)
     run_id = context.dagster_run.run_id
-    record_failure(configured_lake(), run_id, context.dagster_run.job_name, message, run_end_time(context.instance, run_id))
+    record_failure(
+        configured_lake(),
+        run_id,
+        context.dagster_run.job_name,
+        message,
+        run_end_time(context.instance, run_id),
+    )
     context.log.warning(f"run {run_id} of {context.dagster_run.job_name} failed: {message[:200]}")

@@ -11,7 +11,6 @@ own process, one after another (as ``make demo`` does); on ``paper`` a process p
 torch steps one at a time, so two models never fight over the cores or the GPU.
 """
 
-
 import dagster as dg
 
 from hm_recs.defs.resources import configured_profile
@@ -25,10 +24,20 @@ EXECUTOR = dg.in_process_executor if _settings is None else dg.multiprocess_exec
 # coordinator queues them one at a time (dagster.yaml, infra/dagster.yaml) instead of letting two
 # Delta commits race
 WRITES = "hm_recs/writes"
-ingest_job = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("ingest"), tags={WRITES: "ingest"}, executor_def=EXECUTOR,
-                                 description="Kaggle files to clean Delta tables, image manifest and features")
-sessionize_job = dg.define_asset_job("sessionize", selection=dg.AssetSelection.assets("sessions"), tags={WRITES: "sessions"}, executor_def=EXECUTOR,
-                                     description="Spark sessionization of the selected weeks")
+ingest_job = dg.define_asset_job(
+    "ingest",
+    selection=dg.AssetSelection.groups("ingest"),
+    tags={WRITES: "ingest"},
+    executor_def=EXECUTOR,
+    description="Kaggle files to clean Delta tables, image manifest and features",
+)
+sessionize_job = dg.define_asset_job(
+    "sessionize",
+    selection=dg.AssetSelection.assets("sessions"),
+    tags={WRITES: "sessions"},
+    executor_def=EXECUTOR,
+    description="Spark sessionization of the selected weeks",
+)
 # the BART models of variants the profile does not train stay out of the job, so a launch from the UI
 # trains what the automation trains
 _variants = bart_variants(run_config(PROFILE))
@@ -37,8 +46,9 @@ evaluate_job = dg.define_asset_job(
     "evaluate",
     selection=dg.AssetSelection.groups("sessions", "baselines", "models", "evaluation", "serving")
     - dg.AssetSelection.assets("sessions", *_unused),
-    description="Time split, baselines, model training, evaluation on the shared protocol, comparison, champion promotion and the week's "
-                f"recommendations; settings of the `{PROFILE}` run profile (HM_PROFILE)",
+    description="Time split, baselines, model training, evaluation on the shared protocol, comparison, "
+    "champion promotion and the week's "
+    f"recommendations; settings of the `{PROFILE}` run profile (HM_PROFILE)",
     config=run_config(PROFILE),
     executor_def=EXECUTOR,
     tags={"hm_recs/profile": PROFILE},

@@ -26,12 +26,19 @@ def maintain_lake(context: dg.OpExecutionContext, config: MaintenanceConfig, lak
     return dg.Output(None, metadata={"tables": dg.MetadataValue.json(rows), "files_vacuumed": total})
 
 
-@dg.job(description="Compact and vacuum every Delta table (retention_days of time travel kept)", tags={"hm_recs/writes": "maintenance"})
+@dg.job(
+    description="Compact and vacuum every Delta table (retention_days of time travel kept)",
+    tags={"hm_recs/writes": "maintenance"},
+)
 def lake_maintenance():
     maintain_lake()
 
 
 lake_maintenance_schedule = dg.ScheduleDefinition(
-    name="lake_maintenance", job=lake_maintenance, cron_schedule="0 3 * * 0", execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED, description="Sundays: compact and vacuum the lake's Delta tables",
+    name="lake_maintenance",
+    job=lake_maintenance,
+    cron_schedule="0 3 * * 0",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Sundays: compact and vacuum the lake's Delta tables",
 )

@@ -1,6 +1,5 @@
 """Dagster metadata for Delta tables and plots: row counts, versions, schemas, previews, images."""
 
-
 import base64
 from pathlib import Path
 
@@ -12,7 +11,9 @@ from hm_recs.paths import state_dir
 from hm_recs.tables import describe
 
 
-def table_metadata(lake: Lake, name: str, preview_rows: int = 5, preview_columns: list[str] | None = None) -> dict:
+def table_metadata(
+    lake: Lake, name: str, preview_rows: int = 5, preview_columns: list[str] | None = None
+) -> dict:
     table = lake.table(name)
     schema = pa.schema(table.schema().to_arrow())
     meta = {

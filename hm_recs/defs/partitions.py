@@ -6,7 +6,6 @@ it ingested (key: the week's Wednesday, ISO date), so the H&M data gets its 105 
 is ingested. Nothing is fixed to a calendar end date.
 """
 
-
 import datetime as dt
 
 import dagster as dg

@@ -11,16 +11,15 @@ resource               default                         environment
 ``pyspark``            ``local[*]``                     ``HM_SPARK_MASTER``, ``HM_SPARK_DRIVER_MEMORY``
 ``lancedb``            ``./state/lancedb``              ``HM_LANCEDB_URI`` (+ ``AWS_*`` for ``s3://``)
 ``compute``            ``auto`` (GPU if any), 1, fp32   ``HM_DEVICE``, ``HM_NUM_DEVICES``, ``HM_PRECISION``
-``mlflow``             ``./state/mlflow`` (SQLite)      ``HM_MLFLOW_TRACKING_URI``, ``HM_MLFLOW_ARTIFACTS``, ``HM_MLFLOW_UI``
+``mlflow``             ``./state/mlflow`` (SQLite)      ``HM_MLFLOW_TRACKING_URI``, ``HM_MLFLOW_ARTIFACTS``,
+                                                        ``HM_MLFLOW_UI``
 ``evaluation_protocol``  no masking, repeats collapsed  launchpad config
 run profile            ``auto`` (paper on a GPU, demo)  ``HM_PROFILE`` (``hm_recs.profiles``)
 =====================  ==============================  ==========================================
 """
 
-
 import contextlib
 import dataclasses
-import os
 import re
 
 import dagster as dg
@@ -34,27 +33,41 @@ from hm_recs.paths import default_lake_uri, default_synthetic_dir, default_track
 from hm_recs.profiles import AUTO, resolve_profile
 from hm_recs.registry.tracking import TrackingSettings, close_orphaned_runs, tracked_run
 from hm_recs.sessions.spark import spark_conf
+from hm_recs.settings import is_set, setting
 
 
 class HMDataResource(dg.ConfigurableResource):
     """Where the H&M files are: a folder in the Kaggle layout (CSV, gzipped CSV or Parquet)."""
 
-    data_dir: str = Field(description="Kaggle-layout folder: articles, customers, transactions_train, images/")
-    settle_seconds: int = Field(default=60, description="the file sensor ingests a file once its size has not changed for this long")
+    data_dir: str = Field(
+        description="Kaggle-layout folder: articles, customers, transactions_train, images/"
+    )
+    settle_seconds: int = Field(
+        default=60, description="the file sensor ingests a file once its size has not changed for this long"
+    )
 
 
 class ObjectStoreSettings(dg.ConfigurableResource):
     """S3-compatible storage settings shared by the resources that may live in a bucket; each
     spells the options the way its library reads them."""
 
-    aws_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto, ...)")
+    aws_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, moto, ...)"
+    )
     aws_access_key_id: str | None = Field(default=None, description="set from an EnvVar, never in a file")
     aws_secret_access_key: str | None = Field(default=None, description="set from an EnvVar, never in a file")
     aws_region: str | None = None
     aws_allow_http: bool = False
 
-    def _options(self, endpoint: str, key_id: str, secret: str, region: str, allow_http: str) -> dict[str, str]:
-        opts = {endpoint: self.aws_endpoint_url, key_id: self.aws_access_key_id, secret: self.aws_secret_access_key, region: self.aws_region}
+    def _options(
+        self, endpoint: str, key_id: str, secret: str, region: str, allow_http: str
+    ) -> dict[str, str]:
+        opts = {
+            endpoint: self.aws_endpoint_url,
+            key_id: self.aws_access_key_id,
+            secret: self.aws_secret_access_key,
+            region: self.aws_region,
+        }
         opts = {k: v for k, v in opts.items() if v}
         if self.aws_allow_http:
             opts[allow_http] = "true"
@@ -68,7 +81,9 @@ class LakeResource(ObjectStoreSettings):
 
     def storage_options(self) -> dict[str, str]:
         """delta-rs' option names."""
-        opts = self._options("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP")
+        opts = self._options(
+            "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP"
+        )
         if opts:
             opts.setdefault("AWS_S3_ALLOW_UNSAFE_RENAME", "true")
         return opts
@@ -90,17 +105,38 @@ class LanceDBResource(ObjectStoreSettings):
 
     def storage_options(self) -> dict[str, str] | None:
         """LanceDB's (object_store's) option names."""
-        return self._options("aws_endpoint", "aws_access_key_id", "aws_secret_access_key", "aws_region", "allow_http") or None
+        return (
+            self._options(
+                "aws_endpoint", "aws_access_key_id", "aws_secret_access_key", "aws_region", "allow_http"
+            )
+            or None
+        )
 
 
 class BartResource(dg.ConfigurableResource):
     """What every BART asset shares: where the model comes from, the variants, the source budgets."""
 
-    pretrained: str | None = Field(default=None, description="hub id (facebook/bart-base, the paper's) or local path; None: from config")
-    size: str = Field(default="tiny", description="from-config size when pretrained is None: tiny | small | base")
-    max_source_tokens: int | None = Field(default=None, description="source budget of every variant; None: each variant's own (1,024, the paper's)")
-    source_tokens: dict[str, int] = Field(default_factory=dict, description="per-variant source budgets, over max_source_tokens")
-    variants: list[str] = ["text_small", "text_large", "image_full", "image_compact", "semantic_id", "semantic_id_text"]
+    pretrained: str | None = Field(
+        default=None, description="hub id (facebook/bart-base, the paper's) or local path; None: from config"
+    )
+    size: str = Field(
+        default="tiny", description="from-config size when pretrained is None: tiny | small | base"
+    )
+    max_source_tokens: int | None = Field(
+        default=None,
+        description="source budget of every variant; None: each variant's own (1,024, the paper's)",
+    )
+    source_tokens: dict[str, int] = Field(
+        default_factory=dict, description="per-variant source budgets, over max_source_tokens"
+    )
+    variants: list[str] = [
+        "text_small",
+        "text_large",
+        "image_full",
+        "image_compact",
+        "semantic_id",
+        "semantic_id_text",
+    ]
     seed: int = 0
 
     def variant_names(self) -> list[str]:
@@ -115,16 +151,23 @@ class BartResource(dg.ConfigurableResource):
         """The variant's source budget in tokens."""
         from hm_recs.models.bart import VARIANTS
 
-        return int(self.source_tokens.get(variant) or self.max_source_tokens or VARIANTS[variant].max_source_tokens)
+        return int(
+            self.source_tokens.get(variant) or self.max_source_tokens or VARIANTS[variant].max_source_tokens
+        )
 
 
 class MLflowResource(dg.ConfigurableResource):
     """MLflow tracking and registry: a local SQLite store by default, an ``http://`` server in production."""
 
     tracking_uri: str = Field(description="sqlite:///..., http://host:5000 or postgresql://...")
-    artifact_location: str | None = Field(default=None, description="folder or s3:// prefix for the experiment's artifacts")
+    artifact_location: str | None = Field(
+        default=None, description="folder or s3:// prefix for the experiment's artifacts"
+    )
     experiment: str = "hm_recs"
-    ui_url: str = Field(default="http://127.0.0.1:5000", description="where the MLflow UI answers, for links in Dagster metadata")
+    ui_url: str = Field(
+        default="http://127.0.0.1:5000",
+        description="where the MLflow UI answers, for links in Dagster metadata",
+    )
 
     def settings(self) -> TrackingSettings:
         return TrackingSettings(self.tracking_uri, self.artifact_location, self.experiment)
@@ -133,14 +176,22 @@ class MLflowResource(dg.ConfigurableResource):
         return f"{self.ui_url.rstrip('/')}/{run.url_path}"
 
     @contextlib.contextmanager
-    def run(self, context, name: str | None = None, lake: Lake | None = None, tables: tuple[str, ...] = (),
-            role: str = "training"):
+    def run(
+        self,
+        context,
+        name: str | None = None,
+        lake: Lake | None = None,
+        tables: tuple[str, ...] = (),
+        role: str = "training",
+    ):
         """One MLflow run for this asset materialization, tagged with the Dagster run, asset and
         partition, with the input tables' versions (datasets used for ``role``: training or
         evaluation); ended FINISHED or FAILED, never left RUNNING."""
         key = context.asset_key.to_user_string()
         tags = {
-            "dagster.run_id": context.run.run_id, "dagster.asset_key": key, "dagster.job": context.job_name,
+            "dagster.run_id": context.run.run_id,
+            "dagster.asset_key": key,
+            "dagster.job": context.job_name,
             "dagster.partition": context.partition_key if context.has_partition_key else None,
         }
         instance = context.instance
@@ -186,12 +237,15 @@ class EvaluationProtocolResource(dg.ConfigurableResource):
 
     def protocol(self) -> EvaluationProtocol:
         return EvaluationProtocol(
-            mask_history=self.mask_history, collapse_repeats=self.collapse_repeats, n_bootstrap=self.n_bootstrap, seed=self.seed
+            mask_history=self.mask_history,
+            collapse_repeats=self.collapse_repeats,
+            n_bootstrap=self.n_bootstrap,
+            seed=self.seed,
         )
 
 
 def _env_or(name: str, default: str) -> str | dg.EnvVar:
-    return dg.EnvVar(name) if os.environ.get(name) else default
+    return dg.EnvVar(name) if is_set(name) else default
 
 
 _AWS_ENV = (
@@ -204,14 +258,16 @@ _AWS_ENV = (
 
 def configured_lake() -> Lake:
     """The lake the code location's resources point at, for use outside a run (CLI, demo, tests)."""
-    aws = {k: os.environ[env] for k, env in _AWS_ENV if os.environ.get(env)}
-    return LakeResource(root=default_lake_uri(), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws).lake()
+    aws = {k: setting(env) for k, env in _AWS_ENV if is_set(env)}
+    return LakeResource(
+        root=default_lake_uri(), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws
+    ).lake()
 
 
 def configured_profile(default: str = AUTO) -> str:
     """The run profile automatic runs take: ``HM_PROFILE`` (auto, paper, cpu, demo, smoke), else
     ``default``; ``auto`` is ``paper`` where torch sees a GPU and ``demo`` elsewhere."""
-    name = os.environ.get("HM_PROFILE") or default
+    name = setting("HM_PROFILE") or default
     gpu = False
     if name.strip().lower() == AUTO:
         import torch
@@ -221,7 +277,7 @@ def configured_profile(default: str = AUTO) -> str:
 
 
 def _int_env(name: str, default: str) -> int:
-    value = os.environ.get(name, default)
+    value = setting(name, default)
     try:
         return int(value)
     except ValueError:
@@ -240,7 +296,9 @@ def checked_compute(device: str, num_devices: int, precision: str) -> DeviceSpec
         have = torch.cuda.device_count()
         index = int(device.split(":")[1]) if ":" in device else 0
         if index + num_devices > max(have, 0) or have == 0:
-            raise ValueError(f"HM_DEVICE={device!r} with HM_NUM_DEVICES={num_devices}: torch sees {have} CUDA device(s)")
+            raise ValueError(
+                f"HM_DEVICE={device!r} with HM_NUM_DEVICES={num_devices}: torch sees {have} CUDA device(s)"
+            )
     return spec
 
 
@@ -252,26 +310,49 @@ def checked_spark_memory(value: str) -> str:
 
 def build_resources() -> dict[str, object]:
     configured_profile()  # checked here too: a bad HM_PROFILE fails before any work
-    aws = {k: dg.EnvVar(env) for k, env in _AWS_ENV if os.environ.get(env)}
+    aws = {k: dg.EnvVar(env) for k, env in _AWS_ENV if is_set(env)}
     return {
-        "hm_data": HMDataResource(data_dir=_env_or("HM_DATA_DIR", str(default_synthetic_dir())),
-                                  settle_seconds=_int_env("HM_FILE_SETTLE_SECONDS", "60")),
-        "lake": LakeResource(root=_env_or("HM_LAKE_URI", default_lake_uri()), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws),
+        "hm_data": HMDataResource(
+            data_dir=_env_or("HM_DATA_DIR", str(default_synthetic_dir())),
+            settle_seconds=_int_env("HM_FILE_SETTLE_SECONDS", "60"),
+        ),
+        "lake": LakeResource(
+            root=_env_or("HM_LAKE_URI", default_lake_uri()),
+            aws_allow_http=bool(aws.get("aws_endpoint_url")),
+            **aws,
+        ),
         "pyspark": PySparkResource(
-            spark_config=spark_conf(driver_memory=checked_spark_memory(os.environ.get("HM_SPARK_DRIVER_MEMORY", "4g")))
+            spark_config=spark_conf(
+                master=setting("HM_SPARK_MASTER"),
+                driver_memory=checked_spark_memory(setting("HM_SPARK_DRIVER_MEMORY", "4g")),
+            )
         ),
         "evaluation_protocol": EvaluationProtocolResource(),
-        "bart": BartResource(pretrained=os.environ.get("HM_BART_PRETRAINED") or None, size=os.environ.get("HM_BART_SIZE", "tiny")),
-        "lancedb": LanceDBResource(uri=_env_or("HM_LANCEDB_URI", str(state_dir() / "lancedb")), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws),
+        "bart": BartResource(
+            pretrained=setting("HM_BART_PRETRAINED") or None,
+            size=setting("HM_BART_SIZE", "tiny"),
+        ),
+        "lancedb": LanceDBResource(
+            uri=_env_or("HM_LANCEDB_URI", str(state_dir() / "lancedb")),
+            aws_allow_http=bool(aws.get("aws_endpoint_url")),
+            **aws,
+        ),
         "mlflow": MLflowResource(
             tracking_uri=_env_or("HM_MLFLOW_TRACKING_URI", default_tracking_uri()),
             artifact_location=_env_or("HM_MLFLOW_ARTIFACTS", str(mlflow_dir() / "artifacts")),
-            ui_url=os.environ.get("HM_MLFLOW_UI", "http://127.0.0.1:5000"),
+            ui_url=setting("HM_MLFLOW_UI", "http://127.0.0.1:5000"),
         ),
         "compute": ComputeResource(
-            **dataclasses.asdict(checked_compute(os.environ.get("HM_DEVICE", "auto"), _int_env("HM_NUM_DEVICES", "1"),
-                                                 os.environ.get("HM_PRECISION", "32-true"))),
-            threads=_int_env("HM_TORCH_THREADS", "0"),  # 0: torch's default, every core (one torch step at a time)
+            **dataclasses.asdict(
+                checked_compute(
+                    setting("HM_DEVICE", "auto"),
+                    _int_env("HM_NUM_DEVICES", "1"),
+                    setting("HM_PRECISION", "32-true"),
+                )
+            ),
+            threads=_int_env(
+                "HM_TORCH_THREADS", "0"
+            ),  # 0: torch's default, every core (one torch step at a time)
         ),
     }
 

@@ -144,7 +144,12 @@ def bootstrap_ci(
 
 
 def paired_bootstrap_diff(
-    a: np.ndarray, b: np.ndarray, units: np.ndarray | None = None, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+    a: np.ndarray,
+    b: np.ndarray,
+    units: np.ndarray | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Difference mean(a) - mean(b) of two models on the same events, with its interval and the
     share of resamples in which a is not better (a one-sided bootstrap p-value)."""
@@ -152,7 +157,12 @@ def paired_bootstrap_diff(
     sums, counts = _unit_sums(diff, units)
     stats = _resample_ratio(sums, counts, n_boot, seed)
     lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "p_not_better": float((stats <= 0).mean())}
+    return {
+        "diff": float(diff.mean()),
+        "lo": float(lo),
+        "hi": float(hi),
+        "p_not_better": float((stats <= 0).mean()),
+    }
 
 
 def _unit_sums(values: np.ndarray, units: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +172,9 @@ def _unit_sums(values: np.ndarray, units: np.ndarray | None) -> tuple[np.ndarray
     return np.bincount(inv, weights=values), np.bincount(inv).astype(float)
 
 
-def _resample_ratio(sums: np.ndarray, counts: np.ndarray, n_boot: int, seed: int, block: int = 50) -> np.ndarray:
+def _resample_ratio(
+    sums: np.ndarray, counts: np.ndarray, n_boot: int, seed: int, block: int = 50
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = len(sums)
     out = np.empty(n_boot)

@@ -107,15 +107,28 @@ class TargetWeek:
         e = np.sort(rng.choice(self.n_events, min(n_events, self.n_events), replace=False))
         c = np.sort(rng.choice(len(self.customers), min(n_customers, len(self.customers)), replace=False))
         return TargetWeek(
-            self.name, self.start, self.end, self.n_items,
-            self.event_customer[e], self.event_target[e], [self.event_history[i] for i in e], self.event_session_start[e],
-            self.customers[c], [self.customer_history[i] for i in c], [self.purchases[i] for i in c],
+            self.name,
+            self.start,
+            self.end,
+            self.n_items,
+            self.event_customer[e],
+            self.event_target[e],
+            [self.event_history[i] for i in e],
+            self.event_session_start[e],
+            self.customers[c],
+            [self.customer_history[i] for i in c],
+            [self.purchases[i] for i in c],
             self.map_session_starts()[c],
         )
 
 
 def build_target_week(
-    purchases: pd.DataFrame, name: str, start: dt.date, end: dt.date, n_items: int, protocol: EvaluationProtocol
+    purchases: pd.DataFrame,
+    name: str,
+    start: dt.date,
+    end: dt.date,
+    n_items: int,
+    protocol: EvaluationProtocol,
 ) -> TargetWeek:
     """The requests and answers of one target week [start, end].
 
@@ -134,7 +147,9 @@ def build_target_week(
     customers = np.unique(week["customer_idx"].to_numpy()).astype(np.int64)
     before = df[(t < lo) & np.isin(df["customer_idx"].to_numpy(), customers)]
     empty = np.empty(0, np.int64)
-    history = {int(c): g.to_numpy(np.int64) for c, g in before.groupby("customer_idx", sort=False)["article_idx"]}
+    history = {
+        int(c): g.to_numpy(np.int64) for c, g in before.groupby("customer_idx", sort=False)["article_idx"]
+    }
     last_session = {  # rows are in time order, so a customer's last session is their last rows
         int(c): int((g.to_numpy() == g.to_numpy()[-1]).argmax())
         for c, g in before.groupby("customer_idx", sort=False)["session_id"]
@@ -181,15 +196,24 @@ class EvaluationResult:
 
     def rows(self) -> list[dict]:
         return [
-            {"model": self.model, "split": self.week, "metric": m, "value": v, "ci_low": lo, "ci_high": hi,
-             "n": self.n_customers if m.startswith(("MAP", "Coverage")) else self.n_events}
+            {
+                "model": self.model,
+                "split": self.week,
+                "metric": m,
+                "value": v,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": self.n_customers if m.startswith(("MAP", "Coverage")) else self.n_events,
+            }
             for m, (v, lo, hi) in self.metrics.items()
         ]
 
 
 def _recommend_batched(model: Recommender, customers, histories, starts, k, batch, desc) -> np.ndarray:
     out = np.full((len(customers), k), -1, np.int64)
-    for i in tqdm(range(0, len(customers), batch), desc=desc, unit="batch", leave=False, disable=len(customers) <= batch):
+    for i in tqdm(
+        range(0, len(customers), batch), desc=desc, unit="batch", leave=False, disable=len(customers) <= batch
+    ):
         sl = slice(i, i + batch)
         lists = np.asarray(model.recommend(customers[sl], histories[sl], starts[sl], k))
         out[sl, : lists.shape[1]] = lists[:, :k]
@@ -208,11 +232,18 @@ def _apply_mask(model, customers, histories, starts, k, protocol: EvaluationProt
     return out
 
 
-def evaluate(model: Recommender, week: TargetWeek, protocol: EvaluationProtocol = EvaluationProtocol()) -> EvaluationResult:
+def evaluate(
+    model: Recommender, week: TargetWeek, protocol: EvaluationProtocol = EvaluationProtocol()
+) -> EvaluationResult:
     start = time.perf_counter()
     metrics: dict[str, tuple[float, float, float]] = {}
     lists = _apply_mask(
-        model, week.event_customer, week.event_history, week.event_session_start, max(protocol.ks), protocol,
+        model,
+        week.event_customer,
+        week.event_history,
+        week.event_session_start,
+        max(protocol.ks),
+        protocol,
         f"{model.name} next-item",
     )
     ranks = ranks_from_lists(lists, week.event_target)
@@ -223,7 +254,9 @@ def evaluate(model: Recommender, week: TargetWeek, protocol: EvaluationProtocol 
     # a MAP request is made at the week's start: a session-based model continues the customer's last
     # session before the week (an empty one would score only the output biases)
     starts = week.map_session_starts()
-    map_lists = _apply_mask(model, week.customers, week.customer_history, starts, protocol.map_k, protocol, f"{model.name} MAP")
+    map_lists = _apply_mask(
+        model, week.customers, week.customer_history, starts, protocol.map_k, protocol, f"{model.name} MAP"
+    )
     _, ap = map_at_k([row[row >= 0].tolist() for row in map_lists], week.purchases, protocol.map_k)
     metrics[f"MAP@{protocol.map_k}"] = bootstrap_ci(ap, None, protocol.n_bootstrap, seed=protocol.seed)
     cov = coverage(map_lists, week.n_items)
@@ -245,9 +278,14 @@ def results_frame(results: Sequence[EvaluationResult]) -> pd.DataFrame:
     return pd.DataFrame([r for res in results for r in res.rows()])
 
 
-def metric_table(results: Sequence[EvaluationResult], metrics: Sequence[str] | None = None, ci: bool = True) -> str:
+def metric_table(
+    results: Sequence[EvaluationResult], metrics: Sequence[str] | None = None, ci: bool = True
+) -> str:
     """A markdown table: one row per (model, week), one column per metric, with 95 % intervals."""
-    metrics = list(metrics or ["Recall@1", "Recall@5", "Recall@10", "Recall@20", "MRR@20", "NDCG@20", "MAP@12", "Coverage@12"])
+    metrics = list(
+        metrics
+        or ["Recall@1", "Recall@5", "Recall@10", "Recall@20", "MRR@20", "NDCG@20", "MAP@12", "Coverage@12"]
+    )
     head = "| model | week | events | customers | " + " | ".join(metrics) + " |"
     lines = [head, "|" + "---|" * (4 + len(metrics))]
     for r in results:
@@ -259,8 +297,11 @@ def metric_table(results: Sequence[EvaluationResult], metrics: Sequence[str] | N
     return "\n".join(lines)
 
 
-def comparison_markdown(metrics: pd.DataFrame, extra: pd.DataFrame | None = None,
-                        shown: Sequence[str] = ("MAP@12", "Recall@20", "MRR@20", "Recall@5")) -> str:
+def comparison_markdown(
+    metrics: pd.DataFrame,
+    extra: pd.DataFrame | None = None,
+    shown: Sequence[str] = ("MAP@12", "Recall@20", "MRR@20", "Recall@5"),
+) -> str:
     """The models side by side, narrow enough for a UI panel: one row per (split, model), best
     MAP@12 first within a split, each metric as ``value [95 % interval]``.
 
@@ -269,8 +310,12 @@ def comparison_markdown(metrics: pd.DataFrame, extra: pd.DataFrame | None = None
     joined on the right.
     """
     rows = metrics[metrics.metric.isin(shown)]
-    cell = rows.assign(cell=[f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if lo != hi else f"{v:.4f}"
-                             for v, lo, hi in zip(rows.value, rows.ci_low, rows.ci_high, strict=True)])
+    cell = rows.assign(
+        cell=[
+            f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if lo != hi else f"{v:.4f}"
+            for v, lo, hi in zip(rows.value, rows.ci_low, rows.ci_high, strict=True)
+        ]
+    )
     wide = cell.pivot_table(index=["split", "model"], columns="metric", values="cell", aggfunc="first")
     order = rows[rows.metric == shown[0]].set_index(["split", "model"])["value"]
     events = metrics[metrics.metric == shown[0]].set_index(["split", "model"])["n"]
@@ -279,9 +324,17 @@ def comparison_markdown(metrics: pd.DataFrame, extra: pd.DataFrame | None = None
     if extra is not None:
         wide = wide.join(extra.set_index(["split", "model"]))
     wide["_order"] = order.reindex(wide.index)
-    wide = wide.reset_index().sort_values(["split", "_order", "model"], ascending=[True, False, True]).drop(columns="_order")
+    wide = (
+        wide.reset_index()
+        .sort_values(["split", "_order", "model"], ascending=[True, False, True])
+        .drop(columns="_order")
+    )
     cols = list(wide.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in wide.itertuples(index=False):
-        lines.append("| " + " | ".join("" if pd.isna(v) else (f"{v:,.0f}" if isinstance(v, float) else str(v)) for v in r) + " |")
+        lines.append(
+            "| "
+            + " | ".join("" if pd.isna(v) else (f"{v:,.0f}" if isinstance(v, float) else str(v)) for v in r)
+            + " |"
+        )
     return "\n".join(lines)

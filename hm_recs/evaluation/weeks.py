@@ -33,7 +33,10 @@ TARGETS = ("validation", "test")
 
 
 def load_target_weeks(
-    lake: Lake, protocol: EvaluationProtocol, purchases: pd.DataFrame | None = None, split: TimeSplit | None = None
+    lake: Lake,
+    protocol: EvaluationProtocol,
+    purchases: pd.DataFrame | None = None,
+    split: TimeSplit | None = None,
 ) -> dict[str, TargetWeek]:
     split = split or load_time_split(lake)
     purchases = load_purchases(lake) if purchases is None else purchases
@@ -52,14 +55,19 @@ def events_table(weeks: dict[str, TargetWeek]) -> pa.Table:
                     "customer_idx": pa.array(w.event_customer, pa.int64()),
                     "target_article_idx": pa.array(w.event_target, pa.int64()),
                     "history_length": pa.array([len(h) for h in w.event_history], pa.int64()),
-                    "session_position": pa.array([len(h) - s for h, s in zip(w.event_history, w.event_session_start, strict=True)], pa.int64()),
+                    "session_position": pa.array(
+                        [len(h) - s for h, s in zip(w.event_history, w.event_session_start, strict=True)],
+                        pa.int64(),
+                    ),
                 }
             )
         )
     return pa.concat_tables(parts)
 
 
-def write_metrics(lake: Lake, family: str, results: Sequence[EvaluationResult], protocol: EvaluationProtocol) -> int:
+def write_metrics(
+    lake: Lake, family: str, results: Sequence[EvaluationResult], protocol: EvaluationProtocol
+) -> int:
     """Replace ``family``'s metrics table with these results (a model no longer evaluated leaves it)."""
     frame = results_frame(results)
     frame["mask_history"] = protocol.mask_history
@@ -71,4 +79,6 @@ def write_metrics(lake: Lake, family: str, results: Sequence[EvaluationResult], 
 def read_metrics(lake: Lake) -> pd.DataFrame:
     """Every family's metrics that exist, as one frame (empty when none was evaluated)."""
     tables = [metrics_table(f) for f in MODEL_FAMILIES if lake.exists(metrics_table(f))]
-    return pd.concat([lake.read(t).to_pandas() for t in tables], ignore_index=True) if tables else pd.DataFrame()
+    return (
+        pd.concat([lake.read(t).to_pandas() for t in tables], ignore_index=True) if tables else pd.DataFrame()
+    )

@@ -108,7 +108,9 @@ class GRU4RecConfig:
         for part in filter(None, (p.strip() for p in ps.split(","))):
             key, sep, raw = part.partition("=")
             if not sep or key not in fields:
-                raise ValueError(f"-ps {ps!r}: unknown parameter {key!r} (known: {', '.join(sorted(fields))})")
+                raise ValueError(
+                    f"-ps {ps!r}: unknown parameter {key!r} (known: {', '.join(sorted(fields))})"
+                )
             if key == "layers":
                 values[key] = tuple(int(x) for x in raw.split("/"))
             elif isinstance(fields[key].default, bool):
@@ -127,16 +129,39 @@ class GRU4RecConfig:
 PRESETS: dict[str, GRU4RecConfig] = {
     # the paper under reimplementation (Table 2): the official defaults with 10 epochs, lr 0.05,
     # 2048 samples, batch 64
-    "paper": GRU4RecConfig(layers=(100,), loss="cross-entropy", batch_size=64, learning_rate=0.05, n_sample=2048, n_epochs=10),
+    "paper": GRU4RecConfig(
+        layers=(100,), loss="cross-entropy", batch_size=64, learning_rate=0.05, n_sample=2048, n_epochs=10
+    ),
     # the authors' published tuned settings for a large retail dataset (Rees46)
     "rees46_tuned": GRU4RecConfig(
-        layers=(512,), loss="cross-entropy", constrained_embedding=True, batch_size=240, dropout_p_embed=0.45,
-        dropout_p_hidden=0.0, learning_rate=0.065, momentum=0.0, n_sample=2048, sample_alpha=0.5, bpreg=0.0, logq=1.0, n_epochs=10,
+        layers=(512,),
+        loss="cross-entropy",
+        constrained_embedding=True,
+        batch_size=240,
+        dropout_p_embed=0.45,
+        dropout_p_hidden=0.0,
+        learning_rate=0.065,
+        momentum=0.0,
+        n_sample=2048,
+        sample_alpha=0.5,
+        bpreg=0.0,
+        logq=1.0,
+        n_epochs=10,
     ),
     # the benchmark configuration of issue 3 (one layer of 100, batch 32, 2048 samples, XE + logQ)
-    "benchmark": GRU4RecConfig(layers=(100,), loss="cross-entropy", batch_size=32, n_sample=2048, logq=1.0, learning_rate=0.05),
+    "benchmark": GRU4RecConfig(
+        layers=(100,), loss="cross-entropy", batch_size=32, n_sample=2048, logq=1.0, learning_rate=0.05
+    ),
     # small and quick, for the demo on a laptop
-    "demo": GRU4RecConfig(layers=(64,), loss="cross-entropy", batch_size=64, n_sample=512, logq=1.0, learning_rate=0.05, n_epochs=3),
+    "demo": GRU4RecConfig(
+        layers=(64,),
+        loss="cross-entropy",
+        batch_size=64,
+        n_sample=512,
+        logq=1.0,
+        learning_rate=0.05,
+        n_epochs=3,
+    ),
 }
 
 
@@ -162,7 +187,11 @@ class SessionData:
 
 
 def build_sessions(
-    session_id: np.ndarray, item: np.ndarray, order: np.ndarray, repeats: str = "collapse", min_length: int = 2
+    session_id: np.ndarray,
+    item: np.ndarray,
+    order: np.ndarray,
+    repeats: str = "collapse",
+    min_length: int = 2,
 ) -> SessionData:
     """Group rows (already sorted by session then position) into sessions, ordered by ``order``
     (e.g. each session's first timestamp); consecutive repeats collapsed per ``repeats``."""
@@ -179,12 +208,18 @@ def build_sessions(
     starts, lengths = starts[ok], lengths[ok]
     by_time = np.argsort(order[starts], kind="stable")
     starts, lengths = starts[by_time], lengths[by_time]
-    idx = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)]) if len(starts) else np.empty(0, np.int64)
+    idx = (
+        np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
+        if len(starts)
+        else np.empty(0, np.int64)
+    )
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
     return SessionData(item[idx], offsets, session_id[starts])
 
 
-def session_parallel_batches(data: SessionData, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def session_parallel_batches(
+    data: SessionData, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(inputs, targets, reset, keep)`` per step of session-parallel training.
 
     ``reset`` marks the slots whose session started at this step (their hidden state must be
@@ -228,13 +263,23 @@ def session_parallel_batches(data: SessionData, batch_size: int) -> Iterator[tup
 class SampleStore:
     """Pre-drawn negative samples on the device, drawn with probability ~ support ** alpha."""
 
-    def __init__(self, support: np.ndarray, alpha: float, n_sample: int, store_size: int, device, generator: torch.Generator):
+    def __init__(
+        self,
+        support: np.ndarray,
+        alpha: float,
+        n_sample: int,
+        store_size: int,
+        device,
+        generator: torch.Generator,
+    ):
         p = np.asarray(support, np.float64) ** alpha
         self.probability = torch.tensor(p / p.sum(), dtype=torch.float32, device=device)
         self.cdf = torch.cumsum(self.probability.double(), 0).float()
         self.cdf[-1] = 1.0
         # the authors' logQ term for a sampled item: alpha * log(support), unnormalised
-        self.log_weight = torch.tensor(alpha * np.log(np.asarray(support, np.float64)), dtype=torch.float32, device=device)
+        self.log_weight = torch.tensor(
+            alpha * np.log(np.asarray(support, np.float64)), dtype=torch.float32, device=device
+        )
         self.n_sample = n_sample
         self.rows = max(1, store_size // max(n_sample, 1))
         self.device, self.generator = device, generator
@@ -242,7 +287,11 @@ class SampleStore:
 
     def _refill(self) -> None:
         u = torch.rand(self.rows * self.n_sample, generator=self.generator, device=self.device)
-        self.store = torch.searchsorted(self.cdf, u, right=True).clamp_(max=len(self.cdf) - 1).view(self.rows, self.n_sample)
+        self.store = (
+            torch.searchsorted(self.cdf, u, right=True)
+            .clamp_(max=len(self.cdf) - 1)
+            .view(self.rows, self.n_sample)
+        )
         self.log_q = self.log_weight[self.store]  # the logQ correction, looked up once
         self.pointer = 0
 
@@ -349,19 +398,12 @@ class GRU4RecNet(nn.Module):
         self.drop_embed = nn.Dropout(cfg.dropout_p_embed)
         self.drop_hidden = nn.Dropout(cfg.dropout_p_hidden)
 
-    def item_matrices(self) -> list[torch.Tensor]:
-        """The parameters updated row by row."""
-        mats = [self.Wy, self.By]
-        if hasattr(self, "E"):
-            mats.append(self.E)
-        if self.one_hot:
-            mats.append(self.first.Wx)
-        return mats
-
     def initial_state(self, batch: int, device) -> list[torch.Tensor]:
         return [torch.zeros(batch, h, device=device) for h in self.cfg.layers]
 
-    def step(self, x: torch.Tensor, H: list[torch.Tensor], cand: torch.Tensor | None = None, lookup=dense_rows):
+    def step(
+        self, x: torch.Tensor, H: list[torch.Tensor], cand: torch.Tensor | None = None, lookup=dense_rows
+    ):
         """One time step: the last layer's output, the new hidden states, and the output weights
         and biases of the candidate items ``cand`` (None: nothing to score)."""
         out_w = out_b = None
@@ -400,7 +442,9 @@ class GRU4RecNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # losses
 # ---------------------------------------------------------------------------------------------
-def logq_terms(log_support: torch.Tensor, targets: torch.Tensor, sample_log_q: torch.Tensor | None) -> torch.Tensor:
+def logq_terms(
+    log_support: torch.Tensor, targets: torch.Tensor, sample_log_q: torch.Tensor | None
+) -> torch.Tensor:
     """The logQ term of every candidate column: log(support) of the mini-batch's targets, then the
     samples' ``alpha * log(support)`` (from :class:`SampleStore`), unnormalised as in the authors'
     code (normalising would shift the sampled columns against the in-batch ones)."""
@@ -551,7 +595,9 @@ class GRU4Rec:
         """Train for ``cfg.n_epochs`` epochs (resuming after ``epochs_done``), checkpointing each epoch."""
         cfg = self.cfg
         stop = min(cfg.n_epochs, max_epochs if max_epochs is not None else cfg.n_epochs)
-        log_p_batch = torch.tensor(np.log(self.support), dtype=torch.float32, device=self.device)  # unnormalised
+        log_p_batch = torch.tensor(
+            np.log(self.support), dtype=torch.float32, device=self.device
+        )  # unnormalised
         while self.epochs_done < stop:
             epoch = self.epochs_done
             gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + epoch)
@@ -563,7 +609,13 @@ class GRU4Rec:
             self.net.train()
             H = self.net.initial_state(min(cfg.batch_size, max(data.n_sessions, 1)), self.device)
             total, events, t0 = 0.0, 0, time.perf_counter()
-            bar = tqdm(total=data.n_events, desc=f"gru4rec epoch {epoch + 1}/{cfg.n_epochs}", unit="ev", disable=not progress, mininterval=1.0)
+            bar = tqdm(
+                total=data.n_events,
+                desc=f"gru4rec epoch {epoch + 1}/{cfg.n_epochs}",
+                unit="ev",
+                disable=not progress,
+                mininterval=1.0,
+            )
             for inputs, targets, reset, keep in session_parallel_batches(data, cfg.batch_size):
                 if not keep.all():
                     k = torch.from_numpy(keep).to(self.device)
@@ -592,7 +644,9 @@ class GRU4Rec:
                 n = len(inputs)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise FloatingPointError(f"gru4rec: loss became {value} in epoch {epoch + 1}; lower the learning rate")
+                    raise FloatingPointError(
+                        f"gru4rec: loss became {value} in epoch {epoch + 1}; lower the learning rate"
+                    )
                 total += value
                 events += n
                 bar.update(n)
@@ -633,7 +687,12 @@ class GRU4Rec:
         state = torch.load(path, map_location=device, weights_only=True)
         if state.get("format") != "hm_recs.gru4rec/1":
             raise ValueError(f"{path}: not a hm_recs GRU4Rec checkpoint")
-        model = cls(GRU4RecConfig.from_dict(json.loads(state["config"])), state["item_ids"].numpy(), state["support"].numpy(), device)
+        model = cls(
+            GRU4RecConfig.from_dict(json.loads(state["config"])),
+            state["item_ids"].numpy(),
+            state["support"].numpy(),
+            device,
+        )
         model.net.load_state_dict(state["net"])
         model.optimizer.load_state_dict(state["optimizer"])
         model.epochs_done = int(state["epochs_done"])
@@ -683,7 +742,12 @@ class GRU4Rec:
         return self.net.scores(states, self.net.Wy, self.net.By.squeeze(1))
 
     def evaluate_sessions(
-        self, data: SessionData, ks: Sequence[int] = DEFAULT_KS, batch_size: int = 512, skipped: int = 0, keep_ranks: bool = False
+        self,
+        data: SessionData,
+        ks: Sequence[int] = DEFAULT_KS,
+        batch_size: int = 512,
+        skipped: int = 0,
+        keep_ranks: bool = False,
     ) -> dict:
         """The authors' protocol: every session from a zero state, each next item ranked against all
         training items with conservative ties; Recall@K and MRR@K averaged over events."""
@@ -782,7 +846,9 @@ def training_data(purchases, cutoff, repeats: str = "collapse") -> tuple[Session
     return data, items, support
 
 
-def evaluation_data(model: GRU4Rec, purchases, start, end, repeats: str = "collapse") -> tuple[SessionData, int]:
+def evaluation_data(
+    model: GRU4Rec, purchases, start, end, repeats: str = "collapse"
+) -> tuple[SessionData, int]:
     """The target week's sessions in model indices, and how many events had to be skipped because
     an item never appeared in training (such items are removed from the sessions, as in the
     authors' evaluation)."""

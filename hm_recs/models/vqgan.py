@@ -82,8 +82,19 @@ CONFIGS: dict[str, VQGANConfig] = {
     "paper_16384": VQGANConfig(n_embed=16384, disc_start=0, disc_weight=0.75, disc_num_layers=2),
     # CPU-trainable: 64x64 -> 8x8 = 64 tokens; no LPIPS term (its VGG trunk needs a download)
     "small": VQGANConfig(
-        resolution=64, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,), z_channels=64,
-        embed_dim=64, n_embed=512, disc_start=400, disc_weight=0.5, disc_num_layers=2, disc_ndf=32, perceptual_weight=0.0,
+        resolution=64,
+        ch=32,
+        ch_mult=(1, 2, 2, 4),
+        num_res_blocks=1,
+        attn_resolutions=(8,),
+        z_channels=64,
+        embed_dim=64,
+        n_embed=512,
+        disc_start=400,
+        disc_weight=0.5,
+        disc_num_layers=2,
+        disc_ndf=32,
+        perceptual_weight=0.0,
     ),
 }
 
@@ -385,9 +396,17 @@ class NLayerDiscriminator(nn.Module):
         mult = 1
         for n in range(1, n_layers):
             prev, mult = mult, min(2**n, 8)
-            seq += [nn.Conv2d(ndf * prev, ndf * mult, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
+            seq += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
         prev, mult = mult, min(2**n_layers, 8)
-        seq += [nn.Conv2d(ndf * prev, ndf * mult, 4, 1, 1, bias=False), nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
+        seq += [
+            nn.Conv2d(ndf * prev, ndf * mult, 4, 1, 1, bias=False),
+            nn.BatchNorm2d(ndf * mult),
+            nn.LeakyReLU(0.2, True),
+        ]
         seq += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
         self.main = nn.Sequential(*seq)
         for m in self.modules():
@@ -432,20 +451,28 @@ class VQLPIPSWithDiscriminator(nn.Module):
             rec = rec + self.cfg.perceptual_weight * self.perceptual_loss(x, xrec)
         return rec.mean()
 
-    def adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    def adaptive_weight(
+        self, nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor
+    ) -> torch.Tensor:
         nll_grads = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
         g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
         w = torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4)
         return torch.clamp(w, 0.0, 1e4).detach() * self.cfg.disc_weight
 
-    def generator_loss(self, codebook_loss, x, xrec, step: int, last_layer: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    def generator_loss(
+        self, codebook_loss, x, xrec, step: int, last_layer: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict]:
         nll = self.reconstruction(x, xrec)
         disc_on = step >= self.cfg.disc_start
         logs = {"rec_loss": nll.detach(), "quant_loss": codebook_loss.detach()}
         loss = nll + self.cfg.codebook_weight * codebook_loss
         if disc_on:
             g_loss = -self.discriminator(xrec).mean()
-            d_weight = self.adaptive_weight(nll, g_loss, last_layer) if (last_layer is not None and torch.is_grad_enabled()) else torch.tensor(0.0)
+            d_weight = (
+                self.adaptive_weight(nll, g_loss, last_layer)
+                if (last_layer is not None and torch.is_grad_enabled())
+                else torch.tensor(0.0)
+            )
             loss = loss + d_weight * self.cfg.disc_factor * g_loss
             logs.update({"g_loss": g_loss.detach(), "d_weight": d_weight})
         logs["total_loss"] = loss.detach()
@@ -455,7 +482,11 @@ class VQLPIPSWithDiscriminator(nn.Module):
         factor = self.cfg.disc_factor if step >= self.cfg.disc_start else 0.0
         real, fake = self.discriminator(x.detach()), self.discriminator(xrec.detach())
         d_loss = factor * hinge_d_loss(real, fake)
-        return d_loss, {"disc_loss": d_loss.detach(), "logits_real": real.mean().detach(), "logits_fake": fake.mean().detach()}
+        return d_loss, {
+            "disc_loss": d_loss.detach(),
+            "logits_real": real.mean().detach(),
+            "logits_fake": fake.mean().detach(),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,10 +522,6 @@ class VQModel(nn.Module):
         """Images in [-1, 1] (b, 3, R, R) -> codes (b, grid, grid)."""
         return self.quantize.codes(self.quant_conv(self.encoder(x)))
 
-    @torch.no_grad()
-    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.quantize.embed_codes(codes))
-
     def last_layer(self) -> torch.Tensor:
         return self.decoder.conv_out.weight
 
@@ -516,7 +543,11 @@ def save_model(model: VQModel, path: str | Path, extra: dict | None = None) -> P
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "hm_recs.vqgan/1", "config": json.dumps(model.cfg.to_dict()), "extra": json.dumps(extra or {})}
+    meta = {
+        "format": "hm_recs.vqgan/1",
+        "config": json.dumps(model.cfg.to_dict()),
+        "extra": json.dumps(extra or {}),
+    }
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -539,7 +570,9 @@ def load_model(path: str | Path, device="cpu") -> tuple[VQModel, dict]:
     return model.to(device), json.loads(meta.get("extra", "{}"))
 
 
-def load_taming_checkpoint(model: VQModel, path: str | Path, trust_pickle: bool = False) -> dict[str, list[str]]:
+def load_taming_checkpoint(
+    model: VQModel, path: str | Path, trust_pickle: bool = False
+) -> dict[str, list[str]]:
     """Load an official taming-transformers checkpoint (``last.ckpt`` of vqgan_imagenet_f16_*).
 
     The file is a pickled Lightning 1 checkpoint: ``torch.load`` would run any code inside it,
@@ -551,14 +584,18 @@ def load_taming_checkpoint(model: VQModel, path: str | Path, trust_pickle: bool 
     if not trust_pickle:
         raise PermissionError(
             f"{path} is a pickled Lightning checkpoint: loading it executes code stored in it. "
-            "Pass trust_pickle=True only for a file from a source you trust (the official taming-transformers release)."
+            "Pass trust_pickle=True only for a file from a source you trust (the official "
+            "taming-transformers release)."
         )
     raw = torch.load(path, map_location="cpu", weights_only=False)
     state = raw.get("state_dict", raw)
     auto = {k: v for k, v in state.items() if k.startswith(AUTOENCODER_PREFIXES)}
     missing, unexpected = _load_subset(model, auto, AUTOENCODER_PREFIXES)
     if missing or unexpected:
-        raise ValueError(f"{path}: autoencoder does not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path}: autoencoder does not match the config (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]})"
+        )
     loss_keys = {k: v for k, v in state.items() if k.startswith("loss.")}
     loaded_loss = []
     if hasattr(model, "loss") and loss_keys:
@@ -571,7 +608,12 @@ def load_taming_checkpoint(model: VQModel, path: str | Path, trust_pickle: bool 
     if hasattr(model, "loss"):
         lpips_keys = {k for k in model.state_dict() if k.startswith("loss.perceptual_loss.")}
         model.loss.perceptual_calibrated = lpips_keys <= set(loaded_loss)
-    return {"autoencoder": sorted(auto), "loss": loaded_loss, "ignored": ignored, "perceptual_trunk_loaded": trunk}
+    return {
+        "autoencoder": sorted(auto),
+        "loss": loaded_loss,
+        "ignored": ignored,
+        "perceptual_trunk_loaded": trunk,
+    }
 
 
 def calibrate_perceptual(model: VQModel) -> str:
@@ -615,4 +657,3 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB for images in [-1, 1] (computed on [0, 1])."""
     mse = ((x - y) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-12)
     return 10 * torch.log10(1.0 / mse)
-

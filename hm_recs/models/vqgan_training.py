@@ -58,8 +58,15 @@ def load_image(path: str | Path, resolution: int, rng: np.random.Generator | Non
 class ProductImages(Dataset):
     """Product photos by path; an unreadable file yields None (dropped and counted by the collate)."""
 
-    def __init__(self, paths: Sequence[str | Path], resolution: int, random_crop: bool = False, seed: int = 0):
-        self.paths, self.resolution, self.random_crop, self.seed = [str(p) for p in paths], resolution, random_crop, seed
+    def __init__(
+        self, paths: Sequence[str | Path], resolution: int, random_crop: bool = False, seed: int = 0
+    ):
+        self.paths, self.resolution, self.random_crop, self.seed = (
+            [str(p) for p in paths],
+            resolution,
+            random_crop,
+            seed,
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -160,8 +167,12 @@ class VQGANModule(L.LightningModule):
         self.history: dict[str, list[float]] = {}
 
     def configure_optimizers(self):
-        ae = torch.optim.Adam(list(self.model.autoencoder_parameters()), lr=self.learning_rate, betas=(0.5, 0.9))
-        disc = torch.optim.Adam(self.model.loss.discriminator.parameters(), lr=self.learning_rate, betas=(0.5, 0.9))
+        ae = torch.optim.Adam(
+            list(self.model.autoencoder_parameters()), lr=self.learning_rate, betas=(0.5, 0.9)
+        )
+        disc = torch.optim.Adam(
+            self.model.loss.discriminator.parameters(), lr=self.learning_rate, betas=(0.5, 0.9)
+        )
         return [ae, disc]
 
     def training_step(self, batch, batch_idx):
@@ -192,7 +203,9 @@ class VQGANModule(L.LightningModule):
         logs = {k: float(v) for k, v in logs.items()}
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, on_step=True, batch_size=len(batch))
+        self.log_dict(
+            {f"train/{k}": v for k, v in logs.items()}, prog_bar=True, on_step=True, batch_size=len(batch)
+        )
         return None
 
     def _restart_dead(self, z: torch.Tensor, step: int) -> None:
@@ -209,15 +222,21 @@ class VQGANModule(L.LightningModule):
             Path(rank_file(self.history_file, self.global_rank)).write_text(json.dumps(record))
 
 
-
-def _kmeans_codebook(module: VQGANModule, image_paths: Sequence[str | Path], resolution: int, seed: int, n_images: int = 128) -> None:
+def _kmeans_codebook(
+    module: VQGANModule, image_paths: Sequence[str | Path], resolution: int, seed: int, n_images: int = 128
+) -> None:
     """Initialise the codebook by k-means over the encoder outputs of up to ``n_images`` photos."""
     ds = ProductImages(list(image_paths)[:n_images], resolution)
     imgs = [x for x in (ds[i] for i in range(len(ds))) if x is not None]
     if not imgs:
         return
     with torch.no_grad():
-        z = torch.cat([module.model.quant_conv(module.model.encoder(torch.stack(imgs[i : i + 32]))) for i in range(0, len(imgs), 32)])
+        z = torch.cat(
+            [
+                module.model.quant_conv(module.model.encoder(torch.stack(imgs[i : i + 32])))
+                for i in range(0, len(imgs), 32)
+            ]
+        )
     module.model.quantize.init_from(z, seed=seed)
 
 
@@ -240,12 +259,19 @@ def train_vqgan(
     folder = TrainingDir(workdir, fingerprint)
     ckpt_dir, resume, history_file = folder.checkpoints, folder.resume, folder.history
 
-    kw = device.lightning_kwargs(find_unused_parameters=True)  # the generator step leaves the discriminator unused
+    kw = device.lightning_kwargs(
+        find_unused_parameters=True
+    )  # the generator step leaves the discriminator unused
     devices = kw["devices"] if isinstance(kw["devices"], int) else len(kw["devices"])
     L.seed_everything(settings.seed, workers=True, verbose=False)
     cfg = dataclasses.replace(cfg, disc_start=settings.disc_start(cfg))
     module = VQGANModule(
-        cfg, settings.learning_rate(devices), init_state, str(history_file), settings.restart_dead_every, perceptual_calibrated
+        cfg,
+        settings.learning_rate(devices),
+        init_state,
+        str(history_file),
+        settings.restart_dead_every,
+        perceptual_calibrated,
     )
     perceptual = "off: perceptual_weight is 0"
     if cfg.perceptual_weight > 0:
@@ -257,14 +283,26 @@ def train_vqgan(
     collate = SkipBad()
     loader = DataLoader(
         ProductImages(image_paths, cfg.resolution, random_crop=True, seed=settings.seed),
-        batch_size=settings.batch_size, shuffle=True, drop_last=len(image_paths) >= settings.batch_size,
-        num_workers=settings.num_workers, collate_fn=collate, generator=torch.Generator().manual_seed(settings.seed),
+        batch_size=settings.batch_size,
+        shuffle=True,
+        drop_last=len(image_paths) >= settings.batch_size,
+        num_workers=settings.num_workers,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(settings.seed),
     )
     trainer = L.Trainer(
         max_steps=settings.max_steps * 2,  # Lightning counts both optimizers' steps
-        max_epochs=max(1, int(np.ceil(settings.max_steps * devices / max(1, len(loader))))) + 1,  # max_steps ends it; this keeps the bar's epoch count sane
+        max_epochs=max(1, int(np.ceil(settings.max_steps * devices / max(1, len(loader)))))
+        + 1,  # max_steps ends it; this keeps the bar's epoch count sane
         accumulate_grad_batches=1,
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=settings.checkpoint_every * 2, save_last=True, save_top_k=0)],
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                every_n_train_steps=settings.checkpoint_every * 2,
+                save_last=True,
+                save_top_k=0,
+            )
+        ],
         logger=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -284,15 +322,16 @@ def train_vqgan(
         else {"history": module.history, "steps": int(module.steps), "restarted": int(module.restarted)}
     )
     result = TrainingResult(
-        steps=int(recorded["steps"]), seconds=time.perf_counter() - t0, skipped_images=collate.skipped,
-        resumed_from_step=resumed_from, history=recorded["history"], disc_start=cfg.disc_start,
-        perceptual=perceptual, codes_restarted=int(recorded.get("restarted", 0)),
+        steps=int(recorded["steps"]),
+        seconds=time.perf_counter() - t0,
+        skipped_images=collate.skipped,
+        resumed_from_step=resumed_from,
+        history=recorded["history"],
+        disc_start=cfg.disc_start,
+        perceptual=perceptual,
+        codes_restarted=int(recorded.get("restarted", 0)),
     )
     return module.model.cpu(), result
-
-
-def max_steps_for_epochs(n_images: int, batch_size: int, epochs: float) -> int:
-    return max(1, int(np.ceil(n_images / batch_size * epochs)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,17 +369,29 @@ def lpips_metric(device, trunk_state: dict | None = None):
         metric = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
         metric.net.load_state_dict(trunk_state, strict=True)
         return metric.to(device).eval(), "calibrated (lpips VGG heads, VGG16 trunk from the VQGAN checkpoint)"
-    return None, f"not reported: the VGG16 trunk weights are unavailable offline ({reason}); an LPIPS on a random trunk is not LPIPS"
+    return (
+        None,
+        f"not reported: the VGG16 trunk weights are unavailable offline ({reason}); an LPIPS on a random "
+        "trunk is not LPIPS",
+    )
 
 
 @torch.no_grad()
-def reconstruction_scores(model: VQModel, image_paths: Sequence[str | Path], device="cpu", batch_size: int = 16, trunk_state: dict | None = None) -> ReconstructionScores:
+def reconstruction_scores(
+    model: VQModel,
+    image_paths: Sequence[str | Path],
+    device="cpu",
+    batch_size: int = 16,
+    trunk_state: dict | None = None,
+) -> ReconstructionScores:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     model = model.to(device).eval()
     metric, note = lpips_metric(device, trunk_state)
     collate = SkipBad()
-    loader = DataLoader(ProductImages(image_paths, model.cfg.resolution), batch_size=batch_size, collate_fn=collate)
+    loader = DataLoader(
+        ProductImages(image_paths, model.cfg.resolution), batch_size=batch_size, collate_fn=collate
+    )
     p, s, lp, n = [], [], [], 0
     for batch in loader:
         if batch.numel() == 0:
@@ -348,16 +399,28 @@ def reconstruction_scores(model: VQModel, image_paths: Sequence[str | Path], dev
         x = batch.to(device)
         xrec = model(x)[0].clamp(-1, 1)
         p.append(psnr(x, xrec).cpu())
-        s.append(structural_similarity_index_measure((xrec + 1) / 2, (x + 1) / 2, data_range=1.0, reduction="none").cpu())
+        s.append(
+            structural_similarity_index_measure(
+                (xrec + 1) / 2, (x + 1) / 2, data_range=1.0, reduction="none"
+            ).cpu()
+        )
         if metric is not None:
             lp.append(metric(x, xrec).flatten().cpu())
         n += len(x)
     mean = lambda xs: float(torch.cat(xs).mean()) if xs else float("nan")  # noqa: E731
-    return ReconstructionScores(n, mean(p), mean(s), mean(lp) if metric is not None else None, note, collate.skipped)
+    return ReconstructionScores(
+        n, mean(p), mean(s), mean(lp) if metric is not None else None, note, collate.skipped
+    )
 
 
 @torch.no_grad()
-def tokenize_images(model: VQModel, image_paths: Sequence[str | Path], device="cpu", batch_size: int = 64, progress: bool = True) -> tuple[list[np.ndarray | None], int]:
+def tokenize_images(
+    model: VQModel,
+    image_paths: Sequence[str | Path],
+    device="cpu",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[list[np.ndarray | None], int]:
     """Codes (token_grid x token_grid, int16) per image; None for an image that cannot be read."""
     model = model.to(device).eval()
     out: list[np.ndarray | None] = [None] * len(image_paths)
@@ -383,7 +446,14 @@ def reconstruction_grid(model: VQModel, image_paths: Sequence[str | Path], n: in
     """A PNG: originals (top row) above their reconstructions (bottom row)."""
     import io
 
-    imgs = [x for x in (ProductImages(image_paths[: n * 2], model.cfg.resolution)[i] for i in range(min(len(image_paths), n * 2))) if x is not None][:n]
+    imgs = [
+        x
+        for x in (
+            ProductImages(image_paths[: n * 2], model.cfg.resolution)[i]
+            for i in range(min(len(image_paths), n * 2))
+        )
+        if x is not None
+    ][:n]
     if not imgs:
         return b""
     x = torch.stack(imgs)
@@ -396,7 +466,3 @@ def reconstruction_grid(model: VQModel, image_paths: Sequence[str | Path], n: in
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def config_json(cfg: VQGANConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)

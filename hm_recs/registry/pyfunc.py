@@ -5,7 +5,8 @@ customer's purchases as article ids, oldest first, overriding the stored one) an
 ``customer_id, prediction`` with ``k`` (default 12) space-separated article ids (the Kaggle
 submission row), ``source`` (``model`` or why the fallback answered) and ``ignored_history_ids``
 (given ids not in the catalogue). A bad request (``k`` outside 1..catalogue size, a customer id
-that is not one string) is a 400 whose message names the row and field. So ``mlflow models serve -m models:/hm_recs_recommender@champion --env-manager local``
+that is not one string) is a 400 whose message names the row and field. So
+``mlflow models serve -m models:/hm_recs_recommender@champion --env-manager local``
 answers recommendation requests over REST.
 
 Every recommender bundle holds the catalogue (``article_idx -> article_id``), each known customer's
@@ -58,7 +59,9 @@ def write_recommender_bundle(
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    articles[["article_idx", "article_id"]].sort_values("article_idx").to_parquet(folder / "catalogue.parquet", index=False)
+    articles[["article_idx", "article_id"]].sort_values("article_idx").to_parquet(
+        folder / "catalogue.parquet", index=False
+    )
     histories[["customer_id", "history"]].to_parquet(folder / "histories.parquet", index=False)
     np.save(folder / "fallback.npy", np.asarray(fallback, np.int64))
     for key, src in (files or {}).items():
@@ -75,7 +78,9 @@ def histories_frame(purchases: pd.DataFrame, customer_ids: Sequence[str]) -> pd.
     starts = np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]]) if len(cust) else np.empty(0, np.int64)
     items = np.split(ordered["article_idx"].to_numpy().astype(np.int32), starts[1:])
     ids = np.asarray(customer_ids, dtype=object)
-    return pd.DataFrame({"customer_id": ids[cust[starts]] if len(cust) else [], "history": items if len(cust) else []})
+    return pd.DataFrame(
+        {"customer_id": ids[cust[starts]] if len(cust) else [], "history": items if len(cust) else []}
+    )
 
 
 def load_bundle_recommender(folder: Path, device: str = "cpu"):
@@ -102,8 +107,12 @@ def load_bundle_recommender(folder: Path, device: str = "cpu"):
         def optional(name, read):
             return read(folder / name) if (folder / name).exists() else None
 
-        catalogue = catalogue_from_tables(pd.read_parquet(folder / "articles.parquet"), optional("tokens.parquet", pd.read_parquet),
-                                          optional("codebook.npy", np.load), optional("semantic_ids.parquet", pd.read_parquet))
+        catalogue = catalogue_from_tables(
+            pd.read_parquet(folder / "articles.parquet"),
+            optional("tokens.parquet", pd.read_parquet),
+            optional("codebook.npy", np.load),
+            optional("semantic_ids.parquet", pd.read_parquet),
+        )
         tok, model, notes = load_bart(folder / "model", device)
         codec = SequenceCodec(catalogue, VARIANTS[settings["variant"]], tok, notes.get("max_source_tokens"))
         method = settings.get("grounding", "constrained")
@@ -112,8 +121,17 @@ def load_bundle_recommender(folder: Path, device: str = "cpu"):
             index = ItemIndex(settings.get("index_uri") or str(folder / "lancedb"))
             space = space_from_settings(index.metadata(SPACE_KEY), device)
         cutoff = notes.get("trained_before")
-        return BartRecommender(f"bart_{settings['variant']}", model, codec, method, settings.get("beams", 20), index, space,
-                               settings.get("generations", 4), trained_before=dt.date.fromisoformat(cutoff) if cutoff else None)
+        return BartRecommender(
+            f"bart_{settings['variant']}",
+            model,
+            codec,
+            method,
+            settings.get("beams", 20),
+            index,
+            space,
+            settings.get("generations", 4),
+            trained_before=dt.date.fromisoformat(cutoff) if cutoff else None,
+        )
     raise ValueError(f"{folder}: unknown recommender kind {kind!r}")
 
 
@@ -141,7 +159,13 @@ class BundleRecommender:
             return np.asarray([i for i in idx if i >= 0], np.int64)
         return np.asarray(self.histories.get(customer_id, ()), np.int64)
 
-    def recommend(self, customer_ids: Sequence[str], histories: Sequence[np.ndarray], k: int = DEFAULT_K, batch: int = 512) -> np.ndarray:
+    def recommend(
+        self,
+        customer_ids: Sequence[str],
+        histories: Sequence[np.ndarray],
+        k: int = DEFAULT_K,
+        batch: int = 512,
+    ) -> np.ndarray:
         """Catalogue indices, shape (n, k): the model's list, deduplicated, filled from the fallback."""
         n = len(customer_ids)
         out = np.empty((n, k), np.int64)
@@ -149,7 +173,9 @@ class BundleRecommender:
         lists: dict[int, np.ndarray] = {}
         for s in range(0, len(warm), batch):
             rows = warm[s : s + batch]
-            got = self.model.recommend(np.asarray(rows), [histories[i] for i in rows], np.zeros(len(rows), np.int64), k)
+            got = self.model.recommend(
+                np.asarray(rows), [histories[i] for i in rows], np.zeros(len(rows), np.int64), k
+            )
             lists.update(zip(rows, got, strict=True))
         for i in range(n):
             out[i] = _fill(lists.get(i, np.empty(0, np.int64)), self.fallback, k, len(self.article_ids))
@@ -184,8 +210,14 @@ class BundleRecommender:
                 sources.append("fallback: no usable history")
             histories.append(history)
         top = self.recommend(ids, histories, k)
-        return pd.DataFrame({"customer_id": ids, "prediction": [" ".join(self.article_ids[row]) for row in top],
-                             "source": sources, "ignored_history_ids": ignored})
+        return pd.DataFrame(
+            {
+                "customer_id": ids,
+                "prediction": [" ".join(self.article_ids[row]) for row in top],
+                "source": sources,
+                "ignored_history_ids": ignored,
+            }
+        )
 
 
 class InvalidRequest(ValueError):
@@ -208,9 +240,14 @@ def _customer_id(value, row: int) -> str | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     if not isinstance(value, str):
-        raise InvalidRequest(f"row {row}: customer_id must be one string, got {type(value).__name__} {str(value)[:80]}")
+        raise InvalidRequest(
+            f"row {row}: customer_id must be one string, got {type(value).__name__} {str(value)[:80]}"
+        )
     if not _CUSTOMER_ID.match(value):  # also catches a list MLflow's schema turned into "['...']"
-        raise InvalidRequest(f"row {row}: customer_id must be 64 lowercase hex characters as in customers.csv, got {value[:80]!r}")
+        raise InvalidRequest(
+            f"row {row}: customer_id must be 64 lowercase hex characters as in customers.csv, got "
+            f"{value[:80]!r}"
+        )
     return value
 
 
@@ -222,7 +259,7 @@ def _history_ids(value, row: int) -> list[str] | None:
         raise InvalidRequest(f"row {row}: history must be a list of article ids, got {type(value).__name__}")
     items = list(value)
     if not all(isinstance(a, str) for a in items):
-        raise InvalidRequest(f"row {row}: history must hold article ids as strings (e.g. \"0108775015\")")
+        raise InvalidRequest(f'row {row}: history must hold article ids as strings (e.g. "0108775015")')
     return items or None
 
 
@@ -271,10 +308,14 @@ class VQGANPyfunc(mlflow.pyfunc.PythonModel):
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         codes, _ = tokenize_images(self.model, frame["image_path"].astype(str).tolist(), progress=False)
-        return pd.DataFrame({
-            "tokens": ["" if c is None else " ".join(map(str, np.asarray(c).reshape(-1).tolist())) for c in codes],
-            "status": ["unreadable" if c is None else "ok" for c in codes],
-        })
+        return pd.DataFrame(
+            {
+                "tokens": [
+                    "" if c is None else " ".join(map(str, np.asarray(c).reshape(-1).tolist())) for c in codes
+                ],
+                "status": ["unreadable" if c is None else "ok" for c in codes],
+            }
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,9 +326,17 @@ def recommender_signature():
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "customer_id"), ColSpec(Array("string"), "history", required=False)]),
-        outputs=Schema([ColSpec("string", "customer_id"), ColSpec("string", "prediction"), ColSpec("string", "source"),
-                        ColSpec("string", "ignored_history_ids")]),
+        inputs=Schema(
+            [ColSpec("string", "customer_id"), ColSpec(Array("string"), "history", required=False)]
+        ),
+        outputs=Schema(
+            [
+                ColSpec("string", "customer_id"),
+                ColSpec("string", "prediction"),
+                ColSpec("string", "source"),
+                ColSpec("string", "ignored_history_ids"),
+            ]
+        ),
         params=ParamSchema([ParamSpec("k", "long", DEFAULT_K)]),
     )
 
@@ -296,7 +345,10 @@ def vqgan_signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    return ModelSignature(inputs=Schema([ColSpec("string", "image_path")]), outputs=Schema([ColSpec("string", "tokens"), ColSpec("string", "status")]))
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image_path")]),
+        outputs=Schema([ColSpec("string", "tokens"), ColSpec("string", "status")]),
+    )
 
 
 REQUIREMENTS = ["hm_recs", "mlflow", "torch", "numpy", "pandas", "pyarrow"]
@@ -310,11 +362,19 @@ def save_pyfunc(python_model, artifacts: dict[str, str], signature, path: Path) 
     if path.exists():
         shutil.rmtree(path)
     level = logging.getLogger("mlflow.pyfunc").level
-    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the pickling notice: the class lives in hm_recs, not in the pickle
+    logging.getLogger("mlflow.pyfunc").setLevel(
+        logging.ERROR
+    )  # the pickling notice: the class lives in hm_recs, not in the pickle
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input example.*")  # the signature is explicit
-            mlflow.pyfunc.save_model(str(path), python_model=python_model, artifacts=artifacts, signature=signature, pip_requirements=REQUIREMENTS)
+            mlflow.pyfunc.save_model(
+                str(path),
+                python_model=python_model,
+                artifacts=artifacts,
+                signature=signature,
+                pip_requirements=REQUIREMENTS,
+            )
     finally:
         logging.getLogger("mlflow.pyfunc").setLevel(level)
     return path

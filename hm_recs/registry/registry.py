@@ -30,13 +30,20 @@ def model_name(model: str) -> str:
     return f"hm_recs_{model}"
 
 
-def register_model(run: TrackedRun, model_dir: Path, name: str, description: str = "", tags: dict | None = None):
+def register_model(
+    run: TrackedRun, model_dir: Path, name: str, description: str = "", tags: dict | None = None
+):
     """Log an MLflow model folder as a logged model of ``run`` (MLflow 3: it appears in the
     experiment's Models tab, with its metrics linked) and register it as a new version of ``name``."""
     client = run.client
     tags = {k: str(v) for k, v in (tags or {}).items()}
-    logged = client.create_logged_model(run.settings.experiment_id(), name=name, source_run_id=run.run_id, tags=tags,
-                                        model_type=tags.get("kind"))
+    logged = client.create_logged_model(
+        run.settings.experiment_id(),
+        name=name,
+        source_run_id=run.run_id,
+        tags=tags,
+        model_type=tags.get("kind"),
+    )
     try:
         client.log_model_artifacts(logged.model_id, str(model_dir))
     except BaseException:
@@ -52,18 +59,19 @@ def register_model(run: TrackedRun, model_dir: Path, name: str, description: str
 def create_version(settings: TrackingSettings, name: str, source: str, **kwargs):
     """A new version of registered model ``name`` from ``source``.
 
-    A version knows its logged model through a ``models:/<id>`` source, which MLflow's SQL registry
-    resolves with the process-global tracking URI, not the client's: point it at this store meanwhile.
+    A version knows its logged model through a ``models:/<id>`` source plus the ``model_id`` (an
+    MLflow server refuses the source without it). MLflow's SQL registry resolves that source with
+    the process-global tracking URI, not the client's: it points at this store meanwhile.
     """
     import json
 
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     client = settings.client()
+    model_id = source.removeprefix("models:/") if source.startswith("models:/m-") else None
     with _use_tracking_uri(settings.tracking_uri):
-        version = client.create_model_version(name, source, **kwargs)
-    if source.startswith("models:/m-"):  # the logged model lists its versions (the Models tab's column)
-        model_id = source.removeprefix("models:/")
+        version = client.create_model_version(name, source, model_id=model_id, **kwargs)
+    if model_id is not None:  # the logged model lists its versions (the Models tab's column)
         listed = json.loads(client.get_logged_model(model_id).tags.get("mlflow.modelVersions", "[]"))
         listed.append({"name": version.name, "version": version.version})
         client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(listed)})
@@ -120,7 +128,9 @@ def is_refit(candidate: Candidate, champion: Standing | None) -> bool:
     )
 
 
-def decide(candidate: Candidate, champion: Standing | None, min_improvement: float, refit_tolerance: float) -> tuple[bool, str, str]:
+def decide(
+    candidate: Candidate, champion: Standing | None, min_improvement: float, refit_tolerance: float
+) -> tuple[bool, str, str]:
     """(promote?, kind, reason) for ``candidate`` against the current ``champion``.
 
     A refit of the champion's family refreshes the served model unless it falls more than
@@ -135,16 +145,21 @@ def decide(candidate: Candidate, champion: Standing | None, min_improvement: flo
     if is_refit(candidate, champion):
         floor = champion.score * (1.0 - refit_tolerance) if known else float("-inf")
         ok = candidate.score >= floor
-        reason = (f"refit of {champion.registered} on data before {candidate.trained_before} "
-                  f"(champion: before {champion.trained_before or '?'}); {candidate.score:.5f} "
-                  f"{'>=' if ok else '<'} {floor:.5f} (champion {champion.score:.5f} {where} x (1 - {refit_tolerance}))")
+        reason = (
+            f"refit of {champion.registered} on data before {candidate.trained_before} "
+            f"(champion: before {champion.trained_before or '?'}); {candidate.score:.5f} "
+            f"{'>=' if ok else '<'} {floor:.5f} (champion {champion.score:.5f} {where} x (1 - "
+            f"{refit_tolerance}))"
+        )
         return ok, "refresh" if ok else "refit held back", reason
     if not known:
         return True, "challenger promoted", f"champion {champion.model} has no comparable score on record"
     need = champion.score * (1.0 + min_improvement)
     ok = candidate.score > need
-    reason = (f"{candidate.score:.5f} {'>' if ok else '<='} {need:.5f} "
-              f"(champion {champion.model} {champion.score:.5f} {where} x (1 + {min_improvement}))")
+    reason = (
+        f"{candidate.score:.5f} {'>' if ok else '<='} {need:.5f} "
+        f"(champion {champion.model} {champion.score:.5f} {where} x (1 + {min_improvement}))"
+    )
     return ok, "challenger promoted" if ok else "challenger", reason
 
 
@@ -163,12 +178,23 @@ def standing(champion, metric: str, rescored: float | None = None) -> Standing |
         return None
     tags = champion.tags
     recorded = float(tags.get("validation_score", "nan")) if tags.get("metric") == metric else float("nan")
-    return Standing(tags.get("model", "?"), tags.get("registered_as", "?").split("/")[0],
-                    recorded if rescored is None else rescored, tags.get("trained_before", ""), rescored is not None)
+    return Standing(
+        tags.get("model", "?"),
+        tags.get("registered_as", "?").split("/")[0],
+        recorded if rescored is None else rescored,
+        tags.get("trained_before", ""),
+        rescored is not None,
+    )
 
 
-def promote(settings: TrackingSettings, candidate: Candidate, metric: str, min_improvement: float,
-            champion_score: float | None = None, refit_tolerance: float = 0.25) -> Decision:
+def promote(
+    settings: TrackingSettings,
+    candidate: Candidate,
+    metric: str,
+    min_improvement: float,
+    champion_score: float | None = None,
+    refit_tolerance: float = 0.25,
+) -> Decision:
     """Register ``candidate`` as a version of the recommender and move ``champion`` to it when the
     policy (:func:`decide`) says so; else alias it ``challenger``.
 
@@ -180,14 +206,34 @@ def promote(settings: TrackingSettings, candidate: Candidate, metric: str, min_i
     held = standing(champion, metric, champion_score)
     src = client.get_model_version(candidate.registered, candidate.version)
     trained_before = candidate.trained_before or src.tags.get("trained_before", "")
-    candidate = Candidate(candidate.model, candidate.registered, candidate.version, candidate.score, candidate.week, trained_before)
+    candidate = Candidate(
+        candidate.model,
+        candidate.registered,
+        candidate.version,
+        candidate.score,
+        candidate.week,
+        trained_before,
+    )
     with contextlib.suppress(Exception):
-        client.create_registered_model(RECOMMENDER, description="The recommender served to customers: its champion alias is the model in use.")
-    version = create_version(settings, RECOMMENDER, src.source, run_id=src.run_id, tags={
-        "model": candidate.model, "registered_as": f"{candidate.registered}/{candidate.version}",
-        "metric": metric, "validation_score": f"{candidate.score:.6f}", "validation_week": candidate.week,
-        "trained_before": trained_before, **{k: src.tags[k] for k in ("data_end",) if k in src.tags},
-    })
+        client.create_registered_model(
+            RECOMMENDER,
+            description="The recommender served to customers: its champion alias is the model in use.",
+        )
+    version = create_version(
+        settings,
+        RECOMMENDER,
+        src.source,
+        run_id=src.run_id,
+        tags={
+            "model": candidate.model,
+            "registered_as": f"{candidate.registered}/{candidate.version}",
+            "metric": metric,
+            "validation_score": f"{candidate.score:.6f}",
+            "validation_week": candidate.week,
+            "trained_before": trained_before,
+            **{k: src.tags[k] for k in ("data_end",) if k in src.tags},
+        },
+    )
     promoted, kind, reason = decide(candidate, held, min_improvement, refit_tolerance)
     if promoted:
         client.set_registered_model_alias(RECOMMENDER, CHAMPION, version.version)
@@ -199,8 +245,20 @@ def promote(settings: TrackingSettings, candidate: Candidate, metric: str, min_i
         client.set_model_version_tag(RECOMMENDER, version.version, "status", CHALLENGER)
     client.set_model_version_tag(RECOMMENDER, version.version, "decision", reason)
     client.set_model_version_tag(RECOMMENDER, version.version, "decision_kind", kind)
-    return Decision(promoted, kind, candidate.model, candidate.score, held.model if held else None, held.score if held else None,
-                    metric, min_improvement, refit_tolerance, version.version, reason, trained_before)
+    return Decision(
+        promoted,
+        kind,
+        candidate.model,
+        candidate.score,
+        held.model if held else None,
+        held.score if held else None,
+        metric,
+        min_improvement,
+        refit_tolerance,
+        version.version,
+        reason,
+        trained_before,
+    )
 
 
 def load_champion(settings: TrackingSettings, alias: str = CHAMPION):

@@ -30,13 +30,25 @@ class ServingData:
 
 def serving_data(lake: Lake) -> ServingData:
     purchases = load_purchases(lake)
-    articles = lake.read(ARTICLE_FEATURES, columns=["article_idx", "article_id", "prod_name", "product_type_name", "colour_group_name"]).to_pandas()
+    articles = lake.read(
+        ARTICLE_FEATURES,
+        columns=["article_idx", "article_id", "prod_name", "product_type_name", "colour_group_name"],
+    ).to_pandas()
     customers = np.asarray(sorted_ids(lake, CUSTOMER_FEATURES, "customer_id").to_pylist(), dtype=object)
     data_end = pd.Timestamp(purchases["t_dat"].max()).date()
     pop = PopularityRecommender("time_decay").fit(
-        purchases["article_idx"].to_numpy(), purchases["t_dat"].to_numpy(), len(articles), data_end + dt.timedelta(days=1), FALLBACK_LENGTH
+        purchases["article_idx"].to_numpy(),
+        purchases["t_dat"].to_numpy(),
+        len(articles),
+        data_end + dt.timedelta(days=1),
+        FALLBACK_LENGTH,
     )
-    return ServingData(articles.sort_values("article_idx", ignore_index=True), histories_frame(purchases, customers), pop.ranking, data_end)
+    return ServingData(
+        articles.sort_values("article_idx", ignore_index=True),
+        histories_frame(purchases, customers),
+        pop.ranking,
+        data_end,
+    )
 
 
 def next_week(data_end: dt.date) -> tuple[dt.date, dt.date]:
@@ -52,7 +64,9 @@ def recommend_all(model, customer_ids: list[str], batch: int = 4096, progress: b
     for s in tqdm(range(0, len(customer_ids), batch), desc="recommend", unit="batch", disable=not progress):
         frame = pd.DataFrame({"customer_id": customer_ids[s : s + batch]})
         parts.append(model.predict(frame) if hasattr(model, "predict") else model.predict_frame(frame))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"customer_id": [], "prediction": []})
+    return (
+        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"customer_id": [], "prediction": []})
+    )
 
 
 def write_submission(predictions: pd.DataFrame, customer_ids: list[str], path: Path, k: int = 12) -> Path:
@@ -67,7 +81,9 @@ def write_submission(predictions: pd.DataFrame, customer_ids: list[str], path: P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    pd.DataFrame({"customer_id": customer_ids, "prediction": [by_id[c] for c in customer_ids]}).to_csv(tmp, index=False)
+    pd.DataFrame({"customer_id": customer_ids, "prediction": [by_id[c] for c in customer_ids]}).to_csv(
+        tmp, index=False
+    )
     tmp.replace(path)  # atomic: a reader never sees half a file
     return path
 
@@ -88,18 +104,35 @@ def recommendations_for(lk, customer_id: str, k: int = 12) -> pd.DataFrame:
     import pyarrow.compute as pc
 
     if not lk.exists(RECOMMENDATIONS_TABLE):
-        raise FileNotFoundError(f"{lk.uri(RECOMMENDATIONS_TABLE)} does not exist: materialize the recommendations asset (make demo)")
+        raise FileNotFoundError(
+            f"{lk.uri(RECOMMENDATIONS_TABLE)} does not exist: materialize the recommendations asset (make "
+            "demo)"
+        )
     rows = lk.read(RECOMMENDATIONS_TABLE).filter(pc.equal(pc.field("customer_id"), customer_id)).to_pylist()
     if not rows:
         if not lk.exists(UNKNOWN_TABLE):
-            raise FileNotFoundError(f"{lk.uri(UNKNOWN_TABLE)} does not exist: materialize the recommendations asset again")
+            raise FileNotFoundError(
+                f"{lk.uri(UNKNOWN_TABLE)} does not exist: materialize the recommendations asset again"
+            )
         rows = lk.read(UNKNOWN_TABLE).to_pylist()
         rows[0]["cold_start"] = True
     ids = rows[0]["prediction"].split()[:k]
-    arts = lk.read(ARTICLE_FEATURES, columns=["article_id", "prod_name", "product_type_name", "colour_group_name"]).to_pandas().set_index("article_id")
+    arts = (
+        lk.read(
+            ARTICLE_FEATURES, columns=["article_id", "prod_name", "product_type_name", "colour_group_name"]
+        )
+        .to_pandas()
+        .set_index("article_id")
+    )
     out = arts.reindex(ids).reset_index()
     out.insert(0, "rank", range(1, len(out) + 1))
-    out.attrs.update({"model": rows[0]["model"], "version": rows[0]["model_version"], "week_start": str(rows[0]["week_start"]),
-                      "cold_start": rows[0]["cold_start"], "source": rows[0].get("source", "model")})
+    out.attrs.update(
+        {
+            "model": rows[0]["model"],
+            "version": rows[0]["model_version"],
+            "week_start": str(rows[0]["week_start"]),
+            "cold_start": rows[0]["cold_start"],
+            "source": rows[0].get("source", "model"),
+        }
+    )
     return out
-

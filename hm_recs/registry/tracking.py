@@ -20,7 +20,8 @@ _READY: set[str] = set()  # SQLite stores whose schema this process has seen cre
 
 EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
-    "mlflow.note.content": "hm_recs: one run per trained model (POP variants, GRU4Rec, VQGAN, BART variants) with its "
+    "mlflow.note.content": "hm_recs: one run per trained model (POP variants, GRU4Rec, VQGAN, BART variants) "
+    "with its "
     "protocol metrics (test_MAP_at_12, test_Recall_at_20, ... with _ci_low/_ci_high), plus model_comparison. "
     "Select model runs and Compare; the served model is hm_recs_recommender@champion.",
 }
@@ -107,15 +108,20 @@ class TrackedRun:
         """The logged model this run produced (set when it was registered), if any."""
         return self.client.get_run(self.run_id).data.tags.get(MODEL_ID_TAG)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None) -> None:
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None
+    ) -> None:
         """Metrics of the run; with ``model_id`` also linked to that logged model (its Models-tab row)."""
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        rows = [Metric(k.replace("@", "_at_"), float(v), now, step or 0, model_id=model_id)
-                for k, v in metrics.items() if v is not None]
+        rows = [
+            Metric(k.replace("@", "_at_"), float(v), now, step or 0, model_id=model_id)
+            for k, v in metrics.items()
+            if v is not None
+        ]
         if rows:
             self.client.log_batch(self.run_id, metrics=rows)
 
@@ -143,15 +149,18 @@ class TrackedRun:
 
         datasets = [
             DatasetInput(
-                MetaDataset(DeltaDatasetSource(path=uri, delta_table_version=version), name=name,
-                            digest=f"v{version}")._to_mlflow_entity(),
+                MetaDataset(
+                    DeltaDatasetSource(path=uri, delta_table_version=version), name=name, digest=f"v{version}"
+                )._to_mlflow_entity(),
                 tags=[InputTag("mlflow.data.context", context)],
             )
             for name, (uri, version) in tables.items()
         ]
         self.client.log_inputs(self.run_id, datasets=datasets)
         self.set_tags({f"input.{name}": f"{uri}@v{version}" for name, (uri, version) in tables.items()})
-        self.log_text(json.dumps({n: {"uri": u, "version": v} for n, (u, v) in tables.items()}, indent=2), "inputs.json")
+        self.log_text(
+            json.dumps({n: {"uri": u, "version": v} for n, (u, v) in tables.items()}, indent=2), "inputs.json"
+        )
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -167,10 +176,16 @@ class TrackedRun:
 
 
 @contextlib.contextmanager
-def tracked_run(settings: TrackingSettings, run_name: str, tags: Mapping[str, object] | None = None) -> Iterator[TrackedRun]:
+def tracked_run(
+    settings: TrackingSettings, run_name: str, tags: Mapping[str, object] | None = None
+) -> Iterator[TrackedRun]:
     """Start a run; end it FINISHED, or FAILED (with the error as a tag) when the body raises."""
     client = settings.client()
-    run = client.create_run(settings.experiment_id(), run_name=run_name, tags={k: str(v) for k, v in (tags or {}).items() if v is not None})
+    run = client.create_run(
+        settings.experiment_id(),
+        run_name=run_name,
+        tags={k: str(v) for k, v in (tags or {}).items() if v is not None},
+    )
     tracked = TrackedRun(settings, run.info.run_id)
     try:
         yield tracked
@@ -182,18 +197,26 @@ def tracked_run(settings: TrackingSettings, run_name: str, tags: Mapping[str, ob
     client.set_terminated(run.info.run_id, "FINISHED")
 
 
-def close_orphaned_runs(settings: TrackingSettings, is_alive: Callable[[str], bool], current: str | None = None) -> list[str]:
+def close_orphaned_runs(
+    settings: TrackingSettings, is_alive: Callable[[str], bool], current: str | None = None
+) -> list[str]:
     """End as KILLED every RUNNING run whose Dagster run (``dagster.run_id`` tag) is no longer alive:
     a step killed with -9 never reached its ``finally``. ``is_alive(dagster_run_id)`` answers from
     the Dagster instance; ``current`` (the calling run) is never touched. Returns the ended run ids."""
     client = settings.client()
-    found = client.search_runs([settings.experiment_id()], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    found = client.search_runs(
+        [settings.experiment_id()], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
     ended = []
     for r in found:
         owner = r.data.tags.get("dagster.run_id")
         if owner is None or owner == current or is_alive(owner):
             continue
-        client.set_tag(r.info.run_id, "error", f"its Dagster run {owner} is no longer running (killed); closed by a later run")
+        client.set_tag(
+            r.info.run_id,
+            "error",
+            f"its Dagster run {owner} is no longer running (killed); closed by a later run",
+        )
         client.set_terminated(r.info.run_id, "KILLED")
         ended.append(r.info.run_id)
     return ended

@@ -160,7 +160,11 @@ def constrained_beam_search(
             )
         else:
             out = model.model(
-                encoder_outputs=(enc,), attention_mask=mask, decoder_input_ids=last, cache=cache, use_cache=True
+                encoder_outputs=(enc,),
+                attention_mask=mask,
+                decoder_input_ids=last,
+                cache=cache,
+                use_cache=True,
             )
             # the output layer only for live rows (a dead slot's logits are never read)
             hidden = out.last_hidden_state[:, -1, :].index_select(0, torch.as_tensor(alive, device=device))

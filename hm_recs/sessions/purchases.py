@@ -27,7 +27,15 @@ def load_purchases(lake: Lake, columns: tuple[str, ...] = ()) -> pd.DataFrame:
     Columns: ``customer_idx``, ``article_idx``, ``t_dat`` (datetime64[D] as ``datetime64[s]``),
     ``week_start``, ``session_id``, ``event_idx``, ``is_consecutive_repeat`` and any extra ``columns``.
     """
-    base = ["customer_id", "article_id", "t_dat", "week_start", "session_id", "event_idx", "is_consecutive_repeat"]
+    base = [
+        "customer_id",
+        "article_id",
+        "t_dat",
+        "week_start",
+        "session_id",
+        "event_idx",
+        "is_consecutive_repeat",
+    ]
     t = lake.read(SESSIONS_TABLE, columns=base + [c for c in columns if c not in base])
     articles = sorted_ids(lake, ARTICLE_FEATURES, "article_id")
     customers = sorted_ids(lake, CUSTOMER_FEATURES, "customer_id")
@@ -35,7 +43,8 @@ def load_purchases(lake: Lake, columns: tuple[str, ...] = ()) -> pd.DataFrame:
     c_idx = pc.index_in(t.column("customer_id"), value_set=customers)
     if a_idx.null_count or c_idx.null_count:
         raise ValueError(
-            f"{SESSIONS_TABLE}: {a_idx.null_count} rows with an article and {c_idx.null_count} with a customer "
+            f"{SESSIONS_TABLE}: {a_idx.null_count} rows with an article and {c_idx.null_count} with a "
+            "customer "
             "missing from the feature tables: re-materialize the features and sessions together"
         )
     df = pd.DataFrame(
@@ -52,4 +61,6 @@ def load_purchases(lake: Lake, columns: tuple[str, ...] = ()) -> pd.DataFrame:
     for c in columns:
         if c not in df:
             df[c] = t.column(c).to_numpy(zero_copy_only=False)
-    return df.sort_values(["customer_idx", "t_dat", "session_id", "event_idx"], kind="stable", ignore_index=True)
+    return df.sort_values(
+        ["customer_idx", "t_dat", "session_id", "event_idx"], kind="stable", ignore_index=True
+    )

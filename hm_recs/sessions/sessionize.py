@@ -99,12 +99,21 @@ def sessionize(transactions, anchor_weekday: int = WEDNESDAY, weeks: tuple[dt.da
         df.withColumn("session_id", F.xxhash64("customer_id", "week_start"))
         .withColumn("event_idx", (F.row_number().over(ordered) - 1).cast("int"))
         .withColumn("session_length", F.count(F.lit(1)).over(session).cast("int"))
-        .withColumn("is_consecutive_repeat", F.coalesce(F.lag("article_id").over(ordered) == F.col("article_id"), F.lit(False)))
+        .withColumn(
+            "is_consecutive_repeat",
+            F.coalesce(F.lag("article_id").over(ordered) == F.col("article_id"), F.lit(False)),
+        )
     )
     return df.select(*SESSION_SCHEMA.names)
 
 
-def write_sessions(sessions, lake: Lake, staging_root: str | Path, weeks: tuple[dt.date, dt.date] | None = None, name: str = SESSIONS_TABLE) -> int:
+def write_sessions(
+    sessions,
+    lake: Lake,
+    staging_root: str | Path,
+    weeks: tuple[dt.date, dt.date] | None = None,
+    name: str = SESSIONS_TABLE,
+) -> int:
     """Write a sessions DataFrame into the Delta table, replacing the weeks in ``weeks`` (or all),
     as one atomic commit.
 
@@ -135,12 +144,18 @@ def write_sessions(sessions, lake: Lake, staging_root: str | Path, weeks: tuple[
         fragments = sorted(pds.dataset(str(staging), format="parquet").get_fragments(), key=lambda f: f.path)
 
         def batches():  # one week directory after another, so the Delta writer fills one partition at a time
-            return (batch.cast(SESSION_SCHEMA) for f in fragments for batch in _with_week(f).to_batches(max_chunksize=262_144))
+            return (
+                batch.cast(SESSION_SCHEMA)
+                for f in fragments
+                for batch in _with_week(f).to_batches(max_chunksize=262_144)
+            )
 
         predicate = None
         if replace is not None and lake.exists(name):
             predicate = f"week_start >= '{replace[1]}' AND week_start <= '{replace[2]}'"
-        return lake.write(name, batches, schema=SESSION_SCHEMA, partition_by=["week_start"], predicate=predicate)
+        return lake.write(
+            name, batches, schema=SESSION_SCHEMA, partition_by=["week_start"], predicate=predicate
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 # Settings every hm_recs Spark session needs; see ../shared/notes/field-notes.md for the why.
 BASE_CONF: dict[str, str] = {
     "spark.app.name": "hm_recs",
@@ -24,9 +22,9 @@ def spark_conf(
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The configuration of a session: ``master`` is ``local[*]`` by default, ``spark://host:port``
-    for a standalone cluster (also from ``HM_SPARK_MASTER``)."""
+    for a standalone cluster (the ``pyspark`` resource passes ``HM_SPARK_MASTER``)."""
     conf = dict(BASE_CONF)
-    conf["spark.master"] = master or os.environ.get("HM_SPARK_MASTER", "local[*]")
+    conf["spark.master"] = master or "local[*]"
     conf["spark.driver.memory"] = driver_memory
     conf["spark.sql.shuffle.partitions"] = str(shuffle_partitions)
     if conf["spark.master"].startswith("local"):

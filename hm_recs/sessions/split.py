@@ -21,7 +21,9 @@ FIT_TARGETS = ("validation", "test", "serving")
 
 def fit_targets(refit_for_test: bool, refit_for_serving: bool) -> tuple[str, ...]:
     """The models a family trains, oldest cutoff first; the last one is registered and served."""
-    return ("validation",) + (("test",) if refit_for_test else ()) + (("serving",) if refit_for_serving else ())
+    return (
+        ("validation",) + (("test",) if refit_for_test else ()) + (("serving",) if refit_for_serving else ())
+    )
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ class TimeSplit:
     test_end: dt.date
 
     @classmethod
-    def from_dates(cls, first_day: dt.date, last_day: dt.date, test_days: int = 7, validation_days: int = 7) -> TimeSplit:
+    def from_dates(
+        cls, first_day: dt.date, last_day: dt.date, test_days: int = 7, validation_days: int = 7
+    ) -> TimeSplit:
         if test_days < 1 or validation_days < 1:
             raise ValueError("test_days and validation_days must be at least 1")
         test_start = last_day - dt.timedelta(days=test_days - 1)

@@ -48,7 +48,8 @@ def build_calibration(stats_dir: str | Path, articles_csv: str | Path) -> dict:
 
     variants = Counter(Counter(arts["product_code"]).values())
     return {
-        "about": "Aggregates of the real H&M Kaggle data (hm_reference_stats and the article catalogue); no records.",
+        "about": "Aggregates of the real H&M Kaggle data (hm_reference_stats and the article catalogue); "
+        "no records.",
         "totals": {
             "articles": int(summary["articles"]),
             "customers": int(summary["customers"]),
@@ -82,8 +83,17 @@ def build_calibration(stats_dir: str | Path, articles_csv: str | Path) -> dict:
             "departments": first_mode(
                 arts,
                 "department_no",
-                ["department_name", "index_code", "index_name", "index_group_no", "index_group_name",
-                 "section_no", "section_name", "garment_group_no", "garment_group_name"],
+                [
+                    "department_name",
+                    "index_code",
+                    "index_name",
+                    "index_group_no",
+                    "index_group_name",
+                    "section_no",
+                    "section_name",
+                    "garment_group_no",
+                    "garment_group_name",
+                ],
             ),
             "department_product_types": [
                 [int(d), int(t), int(n)]
@@ -92,10 +102,17 @@ def build_calibration(stats_dir: str | Path, articles_csv: str | Path) -> dict:
             "colours": first_mode(
                 arts,
                 "colour_group_code",
-                ["colour_group_name", "perceived_colour_value_id", "perceived_colour_value_name",
-                 "perceived_colour_master_id", "perceived_colour_master_name"],
+                [
+                    "colour_group_name",
+                    "perceived_colour_value_id",
+                    "perceived_colour_value_name",
+                    "perceived_colour_master_id",
+                    "perceived_colour_master_name",
+                ],
             ),
-            "graphical_appearances": first_mode(arts, "graphical_appearance_no", ["graphical_appearance_name"]),
+            "graphical_appearances": first_mode(
+                arts, "graphical_appearance_no", ["graphical_appearance_name"]
+            ),
             "variants_per_product": {str(k): int(v) for k, v in sorted(variants.items())},
         },
     }
@@ -109,7 +126,9 @@ def _py(x):
 
 def write_calibration(calibration: dict, path: Path = CALIBRATION_PATH) -> Path:
     # one top-level key per line: compact, yet a diff shows which part changed
-    body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in calibration.items())
+    body = ",\n".join(
+        f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in calibration.items()
+    )
     path.write_text("{\n" + body + "\n}\n")
     return path
 

@@ -140,7 +140,26 @@ class Catalogue:
 
 
 def _names(rng: np.random.Generator, n: int) -> list[str]:
-    syl = ["ma", "ri", "lo", "ju", "ne", "sa", "ti", "ka", "vi", "ro", "el", "an", "bo", "de", "fi", "mo", "la", "nu"]
+    syl = [
+        "ma",
+        "ri",
+        "lo",
+        "ju",
+        "ne",
+        "sa",
+        "ti",
+        "ka",
+        "vi",
+        "ro",
+        "el",
+        "an",
+        "bo",
+        "de",
+        "fi",
+        "mo",
+        "la",
+        "nu",
+    ]
     extra = ["", "", "", " HW", " Slim", " Basic", " Rib", " Wide", " Soft", " Oversized", " Tech", " Linen"]
     first = rng.integers(0, len(syl), size=(n, 3))
     nsyl = rng.integers(2, 4, size=n)
@@ -149,27 +168,53 @@ def _names(rng: np.random.Generator, n: int) -> list[str]:
 
 
 _MATERIALS = {
-    "Jersey Basic": "soft cotton jersey", "Jersey Fancy": "printed jersey", "Knitwear": "a fine knit",
-    "Trousers": "woven twill", "Trousers Denim": "washed denim", "Shorts": "cotton twill", "Dresses Ladies": "airy woven fabric",
-    "Outdoor": "padded water-repellent fabric", "Shoes": "faux leather", "Socks and Tights": "fine-knit stretch",
-    "Swimwear": "recycled swim fabric", "Under-, Nightwear": "soft microfibre", "Accessories": "mixed materials",
-    "Blouses": "crinkled viscose", "Shirts": "cotton poplin", "Skirts": "flowing crepe", "Dressed": "a suit fabric",
+    "Jersey Basic": "soft cotton jersey",
+    "Jersey Fancy": "printed jersey",
+    "Knitwear": "a fine knit",
+    "Trousers": "woven twill",
+    "Trousers Denim": "washed denim",
+    "Shorts": "cotton twill",
+    "Dresses Ladies": "airy woven fabric",
+    "Outdoor": "padded water-repellent fabric",
+    "Shoes": "faux leather",
+    "Socks and Tights": "fine-knit stretch",
+    "Swimwear": "recycled swim fabric",
+    "Under-, Nightwear": "soft microfibre",
+    "Accessories": "mixed materials",
+    "Blouses": "crinkled viscose",
+    "Shirts": "cotton poplin",
+    "Skirts": "flowing crepe",
+    "Dressed": "a suit fabric",
 }
 _DETAILS = {
-    "top": "a round neckline and short sleeves", "sweater": "long sleeves and ribbing at the cuffs",
-    "jacket": "a zip down the front and side pockets", "trousers": "a high waist and tapered legs",
-    "shorts": "an elasticated waist", "skirt": "a concealed zip at the back", "dress": "a fitted bodice and a flared skirt",
-    "swim_top": "padded cups and adjustable straps", "swim_bottom": "a low waist and fully lined",
-    "bra": "underwired cups and adjustable straps", "underwear_bottom": "a narrow waistband",
-    "socks": "a ribbed top", "shoes": "a padded footbed and rubber soles", "bag": "an inner compartment and a zip",
-    "hat": "a soft lining", "scarf": "fringes at the ends", "jewellery": "a secure clasp", "other": "a neat finish",
+    "top": "a round neckline and short sleeves",
+    "sweater": "long sleeves and ribbing at the cuffs",
+    "jacket": "a zip down the front and side pockets",
+    "trousers": "a high waist and tapered legs",
+    "shorts": "an elasticated waist",
+    "skirt": "a concealed zip at the back",
+    "dress": "a fitted bodice and a flared skirt",
+    "swim_top": "padded cups and adjustable straps",
+    "swim_bottom": "a low waist and fully lined",
+    "bra": "underwired cups and adjustable straps",
+    "underwear_bottom": "a narrow waistband",
+    "socks": "a ribbed top",
+    "shoes": "a padded footbed and rubber soles",
+    "bag": "an inner compartment and a zip",
+    "hat": "a soft lining",
+    "scarf": "fringes at the ends",
+    "jewellery": "a secure clasp",
+    "other": "a neat finish",
 }
 
 
 def _detail_desc(appearance: str, type_name: str, garment_group: str, family: str) -> str:
     material = _MATERIALS.get(garment_group, "a durable fabric")
-    look = "" if appearance in ("Solid", "Unknown", "Other structure", "Treatment") else appearance.lower() + " "
-    return f"{look.capitalize()}{type_name.lower() if look else type_name} in {material} with {_DETAILS[family]}.".strip()
+    look = (
+        "" if appearance in ("Solid", "Unknown", "Other structure", "Treatment") else appearance.lower() + " "
+    )
+    kind = type_name.lower() if look else type_name
+    return f"{look.capitalize()}{kind} in {material} with {_DETAILS[family]}.".strip()
 
 
 def build_catalogue(scale: Scale, rng: np.random.Generator, cal: dict, behaviour: Behaviour) -> Catalogue:
@@ -229,7 +274,9 @@ def build_catalogue(scale: Scale, rng: np.random.Generator, cal: dict, behaviour
     type_names = np.array([t[1] for t in t_rows], dtype=object)
     fam = np.array([family_of(n) for n in type_names], dtype=object)
     cols = {
-        "article_id": np.array([f"{code_of[p]:07d}{v + 1:03d}" for p, v in zip(prod, var, strict=True)], dtype=object),
+        "article_id": np.array(
+            [f"{code_of[p]:07d}{v + 1:03d}" for p, v in zip(prod, var, strict=True)], dtype=object
+        ),
         "product_code": np.array([f"{code_of[p]:07d}" for p in prod], dtype=object),
         "prod_name": np.array([prod_names[p] for p in prod], dtype=object),
         "product_type_no": prod_type[prod],
@@ -257,14 +304,20 @@ def build_catalogue(scale: Scale, rng: np.random.Generator, cal: dict, behaviour
     missing_desc = rng.random(len(prod)) < 0.004  # real: 416 of 105,542 articles have none
     cols["detail_desc"] = np.array(
         [
-            None if missing_desc[i] else _detail_desc(cols["graphical_appearance_name"][i], type_names[i], cols["garment_group_name"][i], fam[i])
+            None
+            if missing_desc[i]
+            else _detail_desc(
+                cols["graphical_appearance_name"][i], type_names[i], cols["garment_group_name"][i], fam[i]
+            )
             for i in range(len(prod))
         ],
         dtype=object,
     )
 
     # internal order: index group, product group, product type, product code, variant
-    order = np.lexsort((cols["article_id"], cols["product_type_name"], cols["product_group_name"], cols["index_group_name"]))
+    order = np.lexsort(
+        (cols["article_id"], cols["product_type_name"], cols["product_group_name"], cols["index_group_name"])
+    )
     cols = {k: v[order] for k, v in cols.items()}
     prod, fam = prod[order], fam[order]
     index_groups = sorted(set(cols["index_group_name"]))
@@ -280,7 +333,9 @@ def build_catalogue(scale: Scale, rng: np.random.Generator, cal: dict, behaviour
     factor = np.array([FAMILIES[f].price_factor for f in fam])
     base_price = factor * prod_price[prod]
     seg_of_master = {m: i for i, (_, ms) in enumerate(COLOUR_SEGMENTS.items()) for m in ms}
-    colour_segment = np.array([seg_of_master.get(m, -1) for m in cols["perceived_colour_master_name"]], np.int64)
+    colour_segment = np.array(
+        [seg_of_master.get(m, -1) for m in cols["perceived_colour_master_name"]], np.int64
+    )
     # price tier relative to the article's product type
     tier = np.ones(len(prod), np.int64)
     for t in np.unique(cols["product_type_no"]):
@@ -317,7 +372,11 @@ def weekly_appeal(cat: Catalogue, scale: Scale) -> np.ndarray:
     for w in range(n_weeks):
         day = w * 7 + 3  # middle of the week
         age_weeks = (day - cat.launch_day) / 7.0
-        life = np.where(age_weeks < 0, 0.0, np.minimum(1.0, (age_weeks + 1) / 2.0) * np.exp2(-np.maximum(age_weeks, 0) / cat.half_life))
+        life = np.where(
+            age_weeks < 0,
+            0.0,
+            np.minimum(1.0, (age_weeks + 1) / 2.0) * np.exp2(-np.maximum(age_weeks, 0) / cat.half_life),
+        )
         week_of_year = (scale.start + dt.timedelta(days=day)).isocalendar()[1]
         season = np.array([season_factor(f, week_of_year) for f in families])[fam_idx]
         out[w] = cat.base_appeal * np.maximum(life, 0.02 * (age_weeks >= 0)) * season
@@ -361,7 +420,14 @@ class Customers:
     first_visit: list[np.ndarray]  # per day: customers whose first purchase of the period it is
 
 
-_AGE_RANGES = {"under_20": (16, 20), "20_to_29": (20, 30), "30_to_39": (30, 40), "40_to_49": (40, 50), "50_to_59": (50, 60), "60_plus": (60, 86)}
+_AGE_RANGES = {
+    "under_20": (16, 20),
+    "20_to_29": (20, 30),
+    "30_to_39": (30, 40),
+    "40_to_49": (40, 50),
+    "50_to_59": (50, 60),
+    "60_plus": (60, 86),
+}
 # how much each age bucket leans to each index group (before raking to the real shares)
 _AGE_LEAN = {
     "Divided": {"under_20": 4.0, "20_to_29": 2.0},
@@ -373,10 +439,19 @@ _AGE_LEAN = {
 
 
 def _hex_ids(seed: int, kind: str, n: int) -> np.ndarray:
-    return np.array([hashlib.sha256(f"{seed}:{kind}:{i}".encode()).hexdigest() for i in range(n)], dtype=object)
+    return np.array(
+        [hashlib.sha256(f"{seed}:{kind}:{i}".encode()).hexdigest() for i in range(n)], dtype=object
+    )
 
 
-def build_customers(scale: Scale, rng: np.random.Generator, cal: dict, behaviour: Behaviour, seed: int, index_groups: list[str]) -> Customers:
+def build_customers(
+    scale: Scale,
+    rng: np.random.Generator,
+    cal: dict,
+    behaviour: Behaviour,
+    seed: int,
+    index_groups: list[str],
+) -> Customers:
     n = scale.customers
     days = (scale.end - scale.start).days + 1
     buckets = list(cal["age_buckets"])
@@ -519,7 +594,8 @@ class _Sampler:
         self.flat = (cdf / total + np.arange(self.n_segments)[:, None]).ravel()
 
     def draw(self, rng, segment, lo, hi) -> tuple[np.ndarray, np.ndarray]:
-        """One article per row in [lo, hi) of its segment's distribution; ok=False where the block is empty."""
+        """One article per row in [lo, hi) of its segment's distribution; ok=False where the block is
+        empty."""
         base = segment * self.stride
         a, b = self.flat[base + lo], self.flat[base + hi]
         ok = b - a > 1e-12
@@ -560,7 +636,9 @@ def _choose_baskets(rng, cust: Customers, day: int, n_rows: int, behaviour: Beha
     return who[:n_baskets], items, units
 
 
-def generate_day(rng, day, n_rows, cat: Catalogue, cust: Customers, sampler: _Sampler, hist, hist_n, behaviour: Behaviour):
+def generate_day(
+    rng, day, n_rows, cat: Catalogue, cust: Customers, sampler: _Sampler, hist, hist_n, behaviour: Behaviour
+):
     """Rows of one day as arrays (customer index, article index, units, channel)."""
     who, items, units = _choose_baskets(rng, cust, day, n_rows, behaviour)
     n_b = len(who)
@@ -594,12 +672,18 @@ def generate_day(rng, day, n_rows, cat: Catalogue, cust: Customers, sampler: _Sa
         # browse: primary index group or any
         rest = np.flatnonzero(out < 0)
         if len(rest):
-            anywhere = np.minimum((rng.random(len(rest))[:, None] > sampler.ig_cdf).sum(axis=1), len(sampler.ig_lo) - 1)
-            ig = np.where(rng.random(len(rest)) < behaviour.p_primary_index_group, cust.primary_ig[c[rest]], anywhere)
+            anywhere = np.minimum(
+                (rng.random(len(rest))[:, None] > sampler.ig_cdf).sum(axis=1), len(sampler.ig_lo) - 1
+            )
+            ig = np.where(
+                rng.random(len(rest)) < behaviour.p_primary_index_group, cust.primary_ig[c[rest]], anywhere
+            )
             idx, ok = sampler.draw(rng, s[rest], sampler.ig_lo[ig], sampler.ig_hi[ig])
             bad = ~ok
             if bad.any():  # index group with nothing on sale this week: anything
-                idx2, _ = sampler.draw(rng, s[rest][bad], np.zeros(bad.sum(), np.int64), np.full(bad.sum(), cat.n))
+                idx2, _ = sampler.draw(
+                    rng, s[rest][bad], np.zeros(bad.sum(), np.int64), np.full(bad.sum(), cat.n)
+                )
                 idx[bad] = idx2
             out[rest] = idx
         chosen[act, j] = out
@@ -674,10 +758,21 @@ def _render_images_chunk(args) -> int:
 
 
 def write_images(out: Path, cat: Catalogue, workers: int = 2, progress: bool = True) -> int:
-    rows = list(zip(cat.columns["article_id"], cat.family, cat.columns["colour_group_name"], cat.columns["graphical_appearance_name"], strict=True))
+    rows = list(
+        zip(
+            cat.columns["article_id"],
+            cat.family,
+            cat.columns["colour_group_name"],
+            cat.columns["graphical_appearance_name"],
+            strict=True,
+        )
+    )
     chunks = [(str(out), rows[i : i + 500]) for i in range(0, len(rows), 500)]
     done = 0
-    with ProcessPoolExecutor(max_workers=workers) as pool, tqdm(total=len(rows), desc="images", unit="img", disable=not progress) as bar:
+    with (
+        ProcessPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(rows), desc="images", unit="img", disable=not progress) as bar,
+    ):
         for n in pool.map(_render_images_chunk, chunks):
             done += n
             bar.update(n)
@@ -731,20 +826,27 @@ def generate(
     targets = daily_targets(sc, cal)
     # price scale: the real average price over the catalogue's expected sales mix
     expected_mix = appeal.sum(axis=0)
-    scale_price = cal["totals"]["avg_price"] / float(cat.base_price @ expected_mix / expected_mix.sum()) / 0.93
+    scale_price = (
+        cal["totals"]["avg_price"] / float(cat.base_price @ expected_mix / expected_mix.sum()) / 0.93
+    )
     ids = pa.array(cust.ids.tolist(), pa.string())
     art_ids = pa.array(cat.columns["article_id"].tolist(), pa.string())
     schema = pa.schema([(c.name, pa.string() if c.name == "t_dat" else c.type) for c in TRANSACTIONS.columns])
     tmp = out / "transactions_train.csv.partial"
     # no value of a transaction needs quotes: pyarrow's fast writer, told never to quote
-    with open(tmp, "wb") as sink, pcsv.CSVWriter(
-        sink, schema, write_options=pcsv.WriteOptions(include_header=False, quoting_style="none")
-    ) as writer:
+    with (
+        open(tmp, "wb") as sink,
+        pcsv.CSVWriter(
+            sink, schema, write_options=pcsv.WriteOptions(include_header=False, quoting_style="none")
+        ) as writer,
+    ):
         sink.write((",".join(schema.names) + "\n").encode())
         for day in tqdm(range(len(targets)), desc="days", unit="day", disable=not progress):
             if day % 7 == 0:
                 sampler.set_week(appeal[day // 7])
-            buyer, arts, units, channel = generate_day(rng, day, int(targets[day]), cat, cust, sampler, hist, hist_n, behaviour)
+            buyer, arts, units, channel = generate_day(
+                rng, day, int(targets[day]), cat, cust, sampler, hist, hist_n, behaviour
+            )
             price = _price(rng, cat, arts, day, scale_price)
             rep = np.repeat(np.arange(len(arts)), units)
             date = (sc.start + dt.timedelta(days=day)).isoformat()
@@ -763,8 +865,15 @@ def generate(
     tmp.replace(out / "transactions_train.csv")
     n_images = write_images(out, cat, workers=workers, progress=progress) if images == "all" else 0
     report = GenerationReport(
-        scale=sc.name, seed=seed, out=str(out), articles=cat.n, customers=len(cust.ids),
-        transactions=int(targets.sum()), images=n_images, start=sc.start.isoformat(), end=sc.end.isoformat(),
+        scale=sc.name,
+        seed=seed,
+        out=str(out),
+        articles=cat.n,
+        customers=len(cust.ids),
+        transactions=int(targets.sum()),
+        images=n_images,
+        start=sc.start.isoformat(),
+        end=sc.end.isoformat(),
     )
     (out / "SYNTHETIC.json").write_text(json.dumps(report.__dict__, indent=1) + "\n")
     return report

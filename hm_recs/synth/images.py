@@ -21,23 +21,56 @@ from PIL import Image, ImageDraw
 WIDTH, HEIGHT = 128, 192
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "Unknown": (128, 128, 128), "Other": (150, 140, 130), "Transparent": (225, 225, 230),
-    "Silver": (192, 192, 200), "Bronze/Copper": (176, 110, 60), "Gold": (212, 175, 55),
-    "Light Grey": (200, 200, 200), "Grey": (140, 140, 140), "Dark Grey": (75, 75, 78),
-    "Black": (22, 22, 24), "White": (250, 250, 248), "Off White": (240, 234, 220),
-    "Light Beige": (232, 216, 190), "Beige": (210, 185, 150), "Dark Beige": (170, 145, 110),
-    "Greyish Beige": (180, 170, 155), "Yellowish Brown": (150, 110, 50), "Greenish Khaki": (120, 120, 70),
-    "Other Yellow": (230, 210, 90), "Light Yellow": (250, 240, 150), "Yellow": (245, 215, 30),
-    "Dark Yellow": (200, 160, 20), "Other Orange": (235, 140, 70), "Light Orange": (250, 180, 120),
-    "Orange": (240, 120, 30), "Dark Orange": (200, 90, 20), "Other Red": (200, 60, 60),
-    "Light Red": (240, 120, 120), "Red": (200, 20, 30), "Dark Red": (120, 15, 25),
-    "Other Pink": (230, 140, 170), "Light Pink": (250, 200, 210), "Pink": (240, 120, 160),
-    "Dark Pink": (190, 60, 110), "Other Purple": (150, 100, 170), "Light Purple": (200, 170, 220),
-    "Purple": (120, 50, 150), "Dark Purple": (70, 25, 90), "Other Blue": (90, 120, 180),
-    "Light Blue": (160, 195, 230), "Blue": (40, 80, 180), "Dark Blue": (20, 30, 80),
-    "Other Turquoise": (80, 170, 170), "Light Turquoise": (160, 225, 220), "Turquoise": (40, 180, 180),
-    "Dark Turquoise": (10, 100, 110), "Other Green": (110, 150, 90), "Light Green": (170, 220, 160),
-    "Green": (40, 140, 60), "Dark Green": (20, 70, 35),
+    "Unknown": (128, 128, 128),
+    "Other": (150, 140, 130),
+    "Transparent": (225, 225, 230),
+    "Silver": (192, 192, 200),
+    "Bronze/Copper": (176, 110, 60),
+    "Gold": (212, 175, 55),
+    "Light Grey": (200, 200, 200),
+    "Grey": (140, 140, 140),
+    "Dark Grey": (75, 75, 78),
+    "Black": (22, 22, 24),
+    "White": (250, 250, 248),
+    "Off White": (240, 234, 220),
+    "Light Beige": (232, 216, 190),
+    "Beige": (210, 185, 150),
+    "Dark Beige": (170, 145, 110),
+    "Greyish Beige": (180, 170, 155),
+    "Yellowish Brown": (150, 110, 50),
+    "Greenish Khaki": (120, 120, 70),
+    "Other Yellow": (230, 210, 90),
+    "Light Yellow": (250, 240, 150),
+    "Yellow": (245, 215, 30),
+    "Dark Yellow": (200, 160, 20),
+    "Other Orange": (235, 140, 70),
+    "Light Orange": (250, 180, 120),
+    "Orange": (240, 120, 30),
+    "Dark Orange": (200, 90, 20),
+    "Other Red": (200, 60, 60),
+    "Light Red": (240, 120, 120),
+    "Red": (200, 20, 30),
+    "Dark Red": (120, 15, 25),
+    "Other Pink": (230, 140, 170),
+    "Light Pink": (250, 200, 210),
+    "Pink": (240, 120, 160),
+    "Dark Pink": (190, 60, 110),
+    "Other Purple": (150, 100, 170),
+    "Light Purple": (200, 170, 220),
+    "Purple": (120, 50, 150),
+    "Dark Purple": (70, 25, 90),
+    "Other Blue": (90, 120, 180),
+    "Light Blue": (160, 195, 230),
+    "Blue": (40, 80, 180),
+    "Dark Blue": (20, 30, 80),
+    "Other Turquoise": (80, 170, 170),
+    "Light Turquoise": (160, 225, 220),
+    "Turquoise": (40, 180, 180),
+    "Dark Turquoise": (10, 100, 110),
+    "Other Green": (110, 150, 90),
+    "Light Green": (170, 220, 160),
+    "Green": (40, 140, 60),
+    "Dark Green": (20, 70, 35),
 }
 
 
@@ -59,8 +92,26 @@ def _shape(draw: ImageDraw.ImageDraw, family: str, r: np.random.Generator) -> No
         bottom = (150 if family == "top" else 158 if family == "sweater" else 172) * ln
         sleeve = 70 if family == "top" else 135 * ln
         draw.polygon([(xs(-30), 38), (xs(30), 38), (xs(32), bottom), (xs(-32), bottom)], fill=fill)
-        draw.polygon([(xs(-30), 38), (xs(-54), 60 if family == "top" else 50), (xs(-58), sleeve), (xs(-36), sleeve), (xs(-30), 80)], fill=fill)
-        draw.polygon([(xs(30), 38), (xs(54), 60 if family == "top" else 50), (xs(58), sleeve), (xs(36), sleeve), (xs(30), 80)], fill=fill)
+        draw.polygon(
+            [
+                (xs(-30), 38),
+                (xs(-54), 60 if family == "top" else 50),
+                (xs(-58), sleeve),
+                (xs(-36), sleeve),
+                (xs(-30), 80),
+            ],
+            fill=fill,
+        )
+        draw.polygon(
+            [
+                (xs(30), 38),
+                (xs(54), 60 if family == "top" else 50),
+                (xs(58), sleeve),
+                (xs(36), sleeve),
+                (xs(30), 80),
+            ],
+            fill=fill,
+        )
         draw.ellipse([xs(-12), 30, xs(12), 46], fill=0)  # neckline
     elif family in ("trousers", "shorts"):
         bottom = (178 if family == "trousers" else 100) * ln
@@ -81,7 +132,10 @@ def _shape(draw: ImageDraw.ImageDraw, family: str, r: np.random.Generator) -> No
     elif family in ("swim_bottom", "underwear_bottom"):
         draw.polygon([(xs(-40), 70), (xs(40), 70), (xs(12), 125), (xs(-12), 125)], fill=fill)
     elif family == "socks":
-        draw.polygon([(xs(-12), 30), (xs(12), 30), (xs(12), 140), (xs(40), 150), (xs(40), 172), (xs(-12), 172)], fill=fill)
+        draw.polygon(
+            [(xs(-12), 30), (xs(12), 30), (xs(12), 140), (xs(40), 150), (xs(40), 172), (xs(-12), 172)],
+            fill=fill,
+        )
     elif family == "shoes":
         draw.ellipse([xs(-50), 120, xs(50), 160], fill=fill)
         draw.polygon([(xs(-48), 140), (xs(-30), 100), (xs(0), 104), (xs(10), 130)], fill=fill)
@@ -98,10 +152,6 @@ def _shape(draw: ImageDraw.ImageDraw, family: str, r: np.random.Generator) -> No
         draw.ellipse([xs(-8), 118, xs(8), 134], fill=fill)
     else:
         draw.rounded_rectangle([xs(-32), 50, xs(32), 150], radius=14, fill=fill)
-
-
-def _shade(rgb, k: float) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c * k, 0, 255)) for c in rgb)
 
 
 def _contrast(rgb) -> tuple[int, int, int]:
@@ -159,7 +209,9 @@ def _pattern(appearance: str, rgb, r: np.random.Generator) -> np.ndarray:
     return np.clip(base, 0, 255)
 
 
-def render_article_image(article_id: str, family: str, colour_group_name: str, graphical_appearance_name: str) -> Image.Image:
+def render_article_image(
+    article_id: str, family: str, colour_group_name: str, graphical_appearance_name: str
+) -> Image.Image:
     """The synthetic photo of one article; deterministic for the same attributes and id."""
     shape_rng = np.random.default_rng(_seed(article_id[:7]))  # one product, one silhouette
     pattern_rng = np.random.default_rng(_seed(article_id[:7], 1))

@@ -1,7 +1,6 @@
 """BART: tokenizer, purchase sequences, one model per variant, and its evaluation."""
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from hm_recs.retrieval.semantic_ids import vocabulary
 from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.split import fit_targets, load_time_split
 from hm_recs.tables import ARTICLE_FEATURES, SEMANTIC_IDS, SEQUENCES
+from hm_recs.training import fingerprint, loss_went_down, smoothed
 
 TARGETS = ("validation", "test")
 
@@ -245,7 +245,13 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
         op_tags=TORCH_STEP,
         deps=[bart_training_sequences],
         check_specs=[
-            dg.AssetCheckSpec("training_loss_decreased", asset=f"bart_model_{variant}", description="The training loss at the end is below the loss at the start (a model that trains)"),
+            dg.AssetCheckSpec(
+                "training_loss_decreased",
+                asset=f"bart_model_{variant}",
+                description=(
+                    "The training loss at the end is below the loss at the start (a model that trains)"
+                ),
+            ),
             dg.AssetCheckSpec(
                 "generations_are_distinct",
                 asset=f"bart_model_{variant}",
@@ -339,14 +345,12 @@ def _train_variant(
             s = p.settings
             pairs = training_pairs(seqs, cutoff, s.target_weeks)
             data = PairData(seqs, pairs, codec, s.max_target_tokens, p.task)
-            fingerprint = hashlib.sha256(
-                json.dumps([*base, target, p.name, settings_dict(s), config.refit_mode]).encode()
-            )
+            run_key = fingerprint(*base, target, p.name, settings_dict(s), config.refit_mode)
             context.log.info(
                 f"{variant}/{target} {p.name} pass: {len(data)} pairs before {cutoff} on {spec.describe()}"
             )
             folder = bart_model_dir(variant, target) / ("run" if p.name == "main" else f"run_{p.name}")
-            results.append(train_bart(model, data, folder, s, spec, fingerprint.hexdigest()))
+            results.append(train_bart(model, data, folder, s, spec, run_key))
         result = combine_results(results)
         _record(run, meta, variant, target, result, model)
         save_bart(
@@ -371,18 +375,12 @@ def _train_variant(
             checks.append(_distinct_check(model, codec, seqs, split, config))
     plot = None
     if any(curves.values()):
-        smooth = {
-            k: np.convolve(v, np.ones(max(1, len(v) // 30)) / max(1, len(v) // 30), mode="valid").tolist()
-            for k, v in curves.items()
-            if v
-        }
+        smooth = {k: smoothed(v) for k, v in curves.items() if v}
         plot = line_plot(smooth, f"BART {variant}: training loss", "step", "cross-entropy per target token")
         meta.update(image_metadata(plot, f"bart_{variant}_loss", "Training loss"))
     # the validation model's main pass; a continued refit trains on one week only and is not comparable
     first = curves.get("validation", [])
-    ok = len(first) < 4 or np.mean(first[-max(1, len(first) // 10) :]) < np.mean(
-        first[: max(1, len(first) // 10)]
-    )
+    ok = len(first) < 4 or loss_went_down(first)[0]
     checks.append(dg.AssetCheckResult(check_name="training_loss_decreased", passed=bool(ok)))
     return dg.MaterializeResult(metadata=meta, check_results=checks), plot
 

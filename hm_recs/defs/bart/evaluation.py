@@ -91,8 +91,16 @@ def model_folder(variant: str, week_start) -> Path:
     op_tags=TORCH_STEP,
     deps=[*bart_models.values(), item_index, evaluation_events, popularity_baselines, gru4rec_model],
     check_specs=[
-        dg.AssetCheckSpec("metrics_are_sane", asset="bart_evaluation", description="Every metric in [0, 1], its value inside its bootstrap interval, none NaN"),
-        dg.AssetCheckSpec("lists_are_valid_distinct_articles", asset="bart_evaluation", description="Every BART list holds distinct real articles (coverage above zero on both weeks)"),
+        dg.AssetCheckSpec(
+            "metrics_are_sane",
+            asset="bart_evaluation",
+            description="Every metric in [0, 1], its value inside its bootstrap interval, none NaN",
+        ),
+        dg.AssetCheckSpec(
+            "lists_are_valid_distinct_articles",
+            asset="bart_evaluation",
+            description="Every BART list holds distinct real articles (coverage above zero on both weeks)",
+        ),
     ],
 )
 def bart_evaluation(
@@ -296,7 +304,9 @@ def register_bart(
         for t in reversed(FIT_TARGETS)
         if (bart_model_dir(variant, t) / "model").exists()
     )
-    trained_before = dt.date.fromisoformat(json.loads((newest / "hm_recs.json").read_text())["trained_before"])
+    trained_before = dt.date.fromisoformat(
+        json.loads((newest / "hm_recs.json").read_text())["trained_before"]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         lk.read(ARTICLE_FEATURES).to_pandas().to_parquet(tmp / "articles.parquet", index=False)
@@ -314,4 +324,6 @@ def register_bart(
                 settings = {**settings, "index_uri": lancedb.uri}
             else:
                 files["lancedb"] = Path(lancedb.uri)
-        return log_recommender(run, lk, "bart", f"bart_{variant}", settings, files, trained_before=trained_before)
+        return log_recommender(
+            run, lk, "bart", f"bart_{variant}", settings, files, trained_before=trained_before
+        )

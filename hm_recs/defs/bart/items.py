@@ -166,7 +166,13 @@ class SemanticIdConfig(dg.Config):
     group_name="models",
     kinds={"deltalake"},
     deps=[item_index],
-    check_specs=[dg.AssetCheckSpec("every_article_has_a_unique_code", asset="semantic_ids", description="Every article's semantic ID (codes + disambiguation token) is unique")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_article_has_a_unique_code",
+            asset="semantic_ids",
+            description="Every article's semantic ID (codes + disambiguation token) is unique",
+        )
+    ],
 )
 def semantic_ids(
     config: SemanticIdConfig, lake: LakeResource, lancedb: LanceDBResource

@@ -1,6 +1,5 @@
 """Baselines: popularity lists (the paper's POP, last week's and time-decayed popularity)."""
 
-
 import tempfile
 from pathlib import Path
 
@@ -32,9 +31,17 @@ class PopularityConfig(dg.Config):
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[sessions, time_split, article_features, customer_features],
-    check_specs=[dg.AssetCheckSpec("lists_are_valid_articles", asset="popularity_baselines", description="Every stored popularity ranking holds catalogue articles only")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "lists_are_valid_articles",
+            asset="popularity_baselines",
+            description="Every stored popularity ranking holds catalogue articles only",
+        )
+    ],
 )
-def popularity_baselines(context: AssetExecutionContext, config: PopularityConfig, lake: LakeResource, mlflow: MLflowResource) -> dg.MaterializeResult:
+def popularity_baselines(
+    context: AssetExecutionContext, config: PopularityConfig, lake: LakeResource, mlflow: MLflowResource
+) -> dg.MaterializeResult:
     """Top articles by popularity for each variant, fit once per cutoff: before the validation week
     (for tuning), before the test week (training + validation data) and on every week (the list
     served next week). Each variant's serving list is registered in MLflow as ``hm_recs_pop_<variant>``."""
@@ -44,32 +51,59 @@ def popularity_baselines(context: AssetExecutionContext, config: PopularityConfi
     versions, links = {}, {}
     for variant in VARIANTS:  # one MLflow run per model, so runs compare one to one
         with mlflow.run(context, f"pop_{variant}", lk, (SESSIONS_TABLE, ARTICLE_FEATURES)) as run:
-            run.log_params({"variant": variant, "half_life_days": config.half_life_days, "list_length": LIST_LENGTH})
+            run.log_params(
+                {"variant": variant, "half_life_days": config.half_life_days, "list_length": LIST_LENGTH}
+            )
             model = load_popularity(lk, variant, "serving")
             with tempfile.TemporaryDirectory() as tmp:
                 np.save(Path(tmp) / "ranking.npy", model.ranking)
-                versions[variant] = log_recommender(run, lk, "popularity", f"pop_{variant}", {"variant": variant},
-                                                    {"ranking.npy": Path(tmp) / "ranking.npy"}, trained_before=split.cutoff("serving"))
+                versions[variant] = log_recommender(
+                    run,
+                    lk,
+                    "popularity",
+                    f"pop_{variant}",
+                    {"variant": variant},
+                    {"ranking.npy": Path(tmp) / "ranking.npy"},
+                    trained_before=split.cutoff("serving"),
+                )
             links[variant] = mlflow.run_url(run)
     meta["mlflow_runs"] = dg.MetadataValue.json(links)
-    meta["registered_models"] = dg.MetadataValue.json({v: f"{mv.name} v{mv.version}" for v, mv in versions.items()})
+    meta["registered_models"] = dg.MetadataValue.json(
+        {v: f"{mv.name} v{mv.version}" for v, mv in versions.items()}
+    )
     return dg.MaterializeResult(metadata=meta, check_results=[check])
 
 
 def _fit_popularity(config: PopularityConfig, lk: Lake):
     split = load_time_split(lk)
     purchases = load_purchases(lk)
-    articles = lk.read(ARTICLE_FEATURES, columns=["article_idx", "article_id", "prod_name", "product_type_name", "colour_group_name"])
+    articles = lk.read(
+        ARTICLE_FEATURES,
+        columns=["article_idx", "article_id", "prod_name", "product_type_name", "colour_group_name"],
+    )
     n_items = articles.num_rows
     rows = []
     for target in FIT_TARGETS:
         cutoff = split.cutoff(target)
         for variant in VARIANTS:
             model = PopularityRecommender(variant, config.half_life_days).fit(
-                purchases["article_idx"].to_numpy(), purchases["t_dat"].to_numpy(), n_items, cutoff, LIST_LENGTH
+                purchases["article_idx"].to_numpy(),
+                purchases["t_dat"].to_numpy(),
+                n_items,
+                cutoff,
+                LIST_LENGTH,
             )
             for rank, idx in enumerate(model.ranking, start=1):
-                rows.append({"variant": variant, "target": target, "cutoff": cutoff, "rank": rank, "article_idx": int(idx), "score": float(model.scores[idx])})
+                rows.append(
+                    {
+                        "variant": variant,
+                        "target": target,
+                        "cutoff": cutoff,
+                        "rank": rank,
+                        "article_idx": int(idx),
+                        "score": float(model.scores[idx]),
+                    }
+                )
     table = pa.Table.from_pylist(rows)
     ids = articles.column("article_id").take(pa.array(table.column("article_idx").to_numpy()))
     table = table.append_column("article_id", ids)
@@ -80,20 +114,40 @@ def _fit_popularity(config: PopularityConfig, lk: Lake):
     for variant in VARIANTS:
         top = [r for r in rows if r["variant"] == variant and r["target"] == "serving" and r["rank"] <= 12]
         preview = pa.Table.from_pylist(
-            [{"rank": r["rank"], "article_id": by_idx[r["article_idx"]]["article_id"], "name": by_idx[r["article_idx"]]["prod_name"],
-              "type": by_idx[r["article_idx"]]["product_type_name"], "colour": by_idx[r["article_idx"]]["colour_group_name"], "score": round(r["score"], 2)} for r in top]
+            [
+                {
+                    "rank": r["rank"],
+                    "article_id": by_idx[r["article_idx"]]["article_id"],
+                    "name": by_idx[r["article_idx"]]["prod_name"],
+                    "type": by_idx[r["article_idx"]]["product_type_name"],
+                    "colour": by_idx[r["article_idx"]]["colour_group_name"],
+                    "score": round(r["score"], 2),
+                }
+                for r in top
+            ]
         )
         meta[f"top12_{variant}"] = dg.MetadataValue.md(markdown_table(preview))
-    valid = bool(np.all((table.column("article_idx").to_numpy() >= 0) & (table.column("article_idx").to_numpy() < n_items)))
-    return meta, dg.AssetCheckResult(check_name="lists_are_valid_articles", passed=valid, metadata={"catalogue_size": n_items})
+    valid = bool(
+        np.all(
+            (table.column("article_idx").to_numpy() >= 0) & (table.column("article_idx").to_numpy() < n_items)
+        )
+    )
+    return meta, dg.AssetCheckResult(
+        check_name="lists_are_valid_articles", passed=valid, metadata={"catalogue_size": n_items}
+    )
 
 
 def load_popularity(lake: Lake, variant: str, target: str) -> PopularityRecommender:
     """A fitted popularity model from its stored ranking."""
     t = lake.read(POPULARITY_TABLE, columns=["variant", "target", "rank", "article_idx", "score"])
-    rows = sorted((r for r in t.to_pylist() if r["variant"] == variant and r["target"] == target), key=lambda r: r["rank"])
+    rows = sorted(
+        (r for r in t.to_pylist() if r["variant"] == variant and r["target"] == target),
+        key=lambda r: r["rank"],
+    )
     if not rows:
-        raise ValueError(f"{POPULARITY_TABLE} has no ranking for {variant}/{target}: materialize popularity_baselines")
+        raise ValueError(
+            f"{POPULARITY_TABLE} has no ranking for {variant}/{target}: materialize popularity_baselines"
+        )
     model = PopularityRecommender(variant)
     model.ranking = np.array([r["article_idx"] for r in rows], np.int64)
     model.scores = None

@@ -1,6 +1,5 @@
 """Evaluation: the prediction events of the protocol, and every baseline judged on them."""
 
-
 import math
 
 import dagster as dg
@@ -22,9 +21,15 @@ GROUP = "evaluation"
 def protocol_metadata(protocol: EvaluationProtocol) -> dict:
     return {
         "protocol": dg.MetadataValue.json(
-            {"ks": list(protocol.ks), "map_k": protocol.map_k, "mask_history": protocol.mask_history,
-             "collapse_repeats": protocol.collapse_repeats, "n_bootstrap": protocol.n_bootstrap, "ranking": "full catalogue",
-             "ties": "catalogue order (article_id ascending)"}
+            {
+                "ks": list(protocol.ks),
+                "map_k": protocol.map_k,
+                "mask_history": protocol.mask_history,
+                "collapse_repeats": protocol.collapse_repeats,
+                "n_bootstrap": protocol.n_bootstrap,
+                "ranking": "full catalogue",
+                "ties": "catalogue order (article_id ascending)",
+            }
         )
     }
 
@@ -33,9 +38,17 @@ def protocol_metadata(protocol: EvaluationProtocol) -> dict:
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[sessions, time_split, article_features, customer_features],
-    check_specs=[dg.AssetCheckSpec("both_weeks_have_events", asset="evaluation_events", description="The validation and the test week both have next-item events and MAP@12 customers")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "both_weeks_have_events",
+            asset="evaluation_events",
+            description="The validation and the test week both have next-item events and MAP@12 customers",
+        )
+    ],
 )
-def evaluation_events(lake: LakeResource, evaluation_protocol: EvaluationProtocolResource) -> dg.MaterializeResult:
+def evaluation_events(
+    lake: LakeResource, evaluation_protocol: EvaluationProtocolResource
+) -> dg.MaterializeResult:
     """The next-item prediction events and MAP@12 customers of the validation and test weeks that
     every model is judged on (one row per event, for inspection)."""
     lk = lake.lake()
@@ -50,7 +63,13 @@ def evaluation_events(lake: LakeResource, evaluation_protocol: EvaluationProtoco
     empty = [n for n, w in weeks.items() if w.n_events == 0 or len(w.customers) == 0]
     return dg.MaterializeResult(
         metadata=meta,
-        check_results=[dg.AssetCheckResult(check_name="both_weeks_have_events", passed=not empty, metadata={"empty": ", ".join(empty) or "none"})],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="both_weeks_have_events",
+                passed=not empty,
+                metadata={"empty": ", ".join(empty) or "none"},
+            )
+        ],
     )
 
 
@@ -70,21 +89,38 @@ def metrics_are_sane(results) -> tuple[bool, dict]:
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[popularity_baselines, evaluation_events],
-    check_specs=[dg.AssetCheckSpec("metrics_are_sane", asset="popularity_evaluation", description="Every metric in [0, 1], its value inside its bootstrap interval, none NaN")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "metrics_are_sane",
+            asset="popularity_evaluation",
+            description="Every metric in [0, 1], its value inside its bootstrap interval, none NaN",
+        )
+    ],
 )
-def popularity_evaluation(lake: LakeResource, evaluation_protocol: EvaluationProtocolResource) -> dg.MaterializeResult:
+def popularity_evaluation(
+    lake: LakeResource, evaluation_protocol: EvaluationProtocolResource
+) -> dg.MaterializeResult:
     """The popularity baselines on the validation and test weeks: Recall / MRR / NDCG at 1, 3, 5,
     10, 20 over next-item events, MAP@12 per customer, coverage, with 95 % bootstrap intervals."""
     lk = lake.lake()
     protocol = evaluation_protocol.protocol()
     weeks = load_target_weeks(lk, protocol)
-    results = [evaluate(load_popularity(lk, v, name), week, protocol) for name, week in weeks.items() for v in VARIANTS]
+    results = [
+        evaluate(load_popularity(lk, v, name), week, protocol)
+        for name, week in weeks.items()
+        for v in VARIANTS
+    ]
     write_metrics(lk, "popularity", results, protocol)
     meta = table_metadata(lk, metrics_table("popularity"), preview_rows=0)
     meta["metrics"] = dg.MetadataValue.md(metric_table(results))
     meta.update(protocol_metadata(protocol))
     rows = [row for r in results for row in r.rows()]
     meta.update(image_metadata(metric_bars(rows, "MAP@12"), "popularity_map12", "MAP@12 by model and week"))
-    meta.update(image_metadata(metric_bars(rows, "Recall@20"), "popularity_recall20", "Recall@20 by model and week"))
+    meta.update(
+        image_metadata(metric_bars(rows, "Recall@20"), "popularity_recall20", "Recall@20 by model and week")
+    )
     ok, info = metrics_are_sane(results)
-    return dg.MaterializeResult(metadata=meta, check_results=[dg.AssetCheckResult(check_name="metrics_are_sane", passed=ok, metadata=info)])
+    return dg.MaterializeResult(
+        metadata=meta,
+        check_results=[dg.AssetCheckResult(check_name="metrics_are_sane", passed=ok, metadata=info)],
+    )

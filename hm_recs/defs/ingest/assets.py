@@ -1,6 +1,5 @@
 """Ingest: Kaggle files -> raw Delta tables -> clean Delta tables, image manifest, model features."""
 
-
 import dagster as dg
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext
@@ -27,7 +26,10 @@ class CleanConfig(dg.Config):
     allow_shrink: bool = False
 
     def guards(self) -> dict:
-        return {"max_reject_fraction": self.max_reject_fraction, "max_row_drop": None if self.allow_shrink else self.max_row_drop}
+        return {
+            "max_reject_fraction": self.max_reject_fraction,
+            "max_row_drop": None if self.allow_shrink else self.max_row_drop,
+        }
 
 
 class ImageManifestConfig(dg.Config):
@@ -54,7 +56,9 @@ def _step_metadata(result: ingest.StepResult, lake) -> dict:
     )
     if result.kept_version is not None:
         meta["kept_version"] = dg.MetadataValue.text(
-            f"{result.refused}: {result.table} put back to version {result.kept_version} (this file's rows are not used)")
+            f"{result.refused}: {result.table} put back to version {result.kept_version} (this file's rows "
+            "are not used)"
+        )
     if result.rejects:
         rows = "\n".join(f"| {reason} | {n} |" for reason, n in result.rejects.most_common())
         meta["rejects_by_reason"] = dg.MetadataValue.md("| reason | rows |\n|---|---|\n" + rows)
@@ -69,7 +73,9 @@ def _raw_asset(contract: TableContract) -> dg.AssetsDefinition:
         description=f"`{contract.file_stem}` as written (every column as text, with file and line). "
         "Lines with the wrong number of fields go to the rejects table.",
     )
-    def _raw(context: AssetExecutionContext, hm_data: HMDataResource, lake: LakeResource) -> dg.MaterializeResult:
+    def _raw(
+        context: AssetExecutionContext, hm_data: HMDataResource, lake: LakeResource
+    ) -> dg.MaterializeResult:
         path = find_table_file(hm_data.data_dir, contract)
         context.log.info(f"reading {path}")
         result = ingest.load_raw(hm_data.data_dir, contract, lake.lake())
@@ -94,11 +100,15 @@ def _checks(result: ingest.StepResult, asset: str, config: CleanConfig) -> list[
         asset_key=asset,
         check_name="row_count_did_not_drop",
         passed=limit is None or result.dropped_fraction <= limit,
-        description=f"{result.rows_out:,} clean rows from {result.source}; {result.previous_rows if result.previous_rows is not None else 'no'} "
-                    f"before ({result.dropped_fraction:.1%} fewer, limit {'off' if limit is None else f'{limit:.0%}'}; "
-                    "allow_shrink: true accepts a deliberate shrink)",
-        metadata={"rows": result.rows_out, "previous_rows": result.previous_rows if result.previous_rows is not None else -1,
-                  "dropped_fraction": result.dropped_fraction},
+        description=f"{result.rows_out:,} clean rows from {result.source}; "
+        f"{result.previous_rows if result.previous_rows is not None else 'no'} "
+        f"before ({result.dropped_fraction:.1%} fewer, limit {'off' if limit is None else f'{limit:.0%}'}; "
+        "allow_shrink: true accepts a deliberate shrink)",
+        metadata={
+            "rows": result.rows_out,
+            "previous_rows": result.previous_rows if result.previous_rows is not None else -1,
+            "dropped_fraction": result.dropped_fraction,
+        },
     )
     return [_reject_check(result, asset, config), drop]
 
@@ -109,7 +119,8 @@ def _reject_check(result: ingest.StepResult, asset: str, config: CleanConfig) ->
         check_name="reject_fraction_below_threshold",
         passed=result.reject_fraction <= config.max_reject_fraction,
         description=f"{result.rejected:,} of {result.rows_in:,} rows of {result.source} rejected "
-                    f"({result.reject_fraction:.2%}, limit {config.max_reject_fraction:.2%}); reasons in the rejects table",
+        f"({result.reject_fraction:.2%}, limit {config.max_reject_fraction:.2%}); reasons in the rejects "
+        "table",
         metadata={
             "reject_fraction": result.reject_fraction,
             "threshold": config.max_reject_fraction,
@@ -131,21 +142,28 @@ def _reject_spec(asset: str) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(
             "row_count_did_not_drop",
             asset=asset,
-            description="The new content keeps at least 1 - max_row_drop of the previous version's rows; blocking: "
+            description="The new content keeps at least 1 - max_row_drop of the previous version's rows; "
+            "blocking: "
             "a header-only or truncated file leaves the table as it was (allow_shrink overrides)",
             blocking=True,
         ),
     ]
 
 
-@dg.asset(group_name=GROUP, kinds={"deltalake"}, deps=[raw_articles], check_specs=_reject_spec("clean_articles"))
+@dg.asset(
+    group_name=GROUP, kinds={"deltalake"}, deps=[raw_articles], check_specs=_reject_spec("clean_articles")
+)
 def clean_articles(config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Articles typed and validated: 10-digit unique ids, product code matching, integer codes."""
     result = ingest.clean(ARTICLES, lake.lake(), **config.guards())
-    return dg.MaterializeResult(metadata=_step_metadata(result, lake.lake()), check_results=_checks(result, "clean_articles", config))
+    return dg.MaterializeResult(
+        metadata=_step_metadata(result, lake.lake()), check_results=_checks(result, "clean_articles", config)
+    )
 
 
-@dg.asset(group_name=GROUP, kinds={"deltalake"}, deps=[raw_customers], check_specs=_reject_spec("clean_customers"))
+@dg.asset(
+    group_name=GROUP, kinds={"deltalake"}, deps=[raw_customers], check_specs=_reject_spec("clean_customers")
+)
 def clean_customers(config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Customers typed and validated: 64-hex unique ids, known statuses, ages in [0, 120]."""
     result = ingest.clean(CUSTOMERS, lake.lake(), **config.guards())
@@ -160,13 +178,18 @@ def clean_customers(config: CleanConfig, lake: LakeResource) -> dg.MaterializeRe
     deps=[raw_transactions, clean_articles, clean_customers],
     check_specs=_reject_spec("clean_transactions"),
 )
-def clean_transactions(context: AssetExecutionContext, config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
+def clean_transactions(
+    context: AssetExecutionContext, config: CleanConfig, lake: LakeResource
+) -> dg.MaterializeResult:
     """Transactions typed and validated, with the source line (a stable order within a day); rows
     whose article or customer is unknown are rejected. The weeks of the data become partitions of
     ``sessions`` (``hm_recs.defs.partitions``)."""
     lk = lake.lake()
     result = ingest.clean(
-        TRANSACTIONS, lk, known_articles=ingest.key_values(lk, ARTICLES), known_customers=ingest.key_values(lk, CUSTOMERS),
+        TRANSACTIONS,
+        lk,
+        known_articles=ingest.key_values(lk, ARTICLES),
+        known_customers=ingest.key_values(lk, CUSTOMERS),
         **config.guards(),
     )
     meta = _step_metadata(result, lk)
@@ -188,10 +211,20 @@ def clean_transactions(context: AssetExecutionContext, config: CleanConfig, lake
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[clean_articles],
-    check_specs=[dg.AssetCheckSpec("usable_images", asset="image_manifest", description="Missing + corrupt images at most max_unusable_fraction")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "usable_images",
+            asset="image_manifest",
+            description="Missing + corrupt images at most max_unusable_fraction",
+        )
+    ],
 )
-def image_manifest(config: ImageManifestConfig, hm_data: HMDataResource, lake: LakeResource) -> dg.MaterializeResult:
-    """Every article's photo path with status ok / missing / corrupt and its size; never fails on a bad image."""
+def image_manifest(
+    config: ImageManifestConfig, hm_data: HMDataResource, lake: LakeResource
+) -> dg.MaterializeResult:
+    """Every article's photo path with status ok / missing / corrupt and its size; never fails on a bad
+    image.
+    """
     lk = lake.lake()
     ids = lk.read(ingest.clean_table_name(ARTICLES), columns=["article_id"]).column(0).to_pylist()
     manifest = build_image_manifest(hm_data.data_dir, ids, workers=config.workers)
@@ -202,7 +235,9 @@ def image_manifest(config: ImageManifestConfig, hm_data: HMDataResource, lake: L
     meta.update({f"images_{s}": dg.MetadataValue.int(n) for s, n in counts.items()})
     bad = manifest.filter(pc.not_equal(manifest.column("status"), "ok")).slice(0, 10)
     if bad.num_rows:
-        meta["unusable_examples"] = dg.MetadataValue.md(markdown_table(bad.select(["article_id", "path", "status", "error"])))
+        meta["unusable_examples"] = dg.MetadataValue.md(
+            markdown_table(bad.select(["article_id", "path", "status", "error"]))
+        )
     check = dg.AssetCheckResult(
         check_name="usable_images",
         passed=unusable <= config.max_unusable_fraction,
@@ -222,7 +257,9 @@ def article_features(config: FeaturesConfig, lake: LakeResource) -> dg.Materiali
     """Articles for the models (paper section 5.2): null policy, imbalanced columns dropped,
     ordinal codes, ``article_idx``, and the rendered text description each language model reads."""
     lk = lake.lake()
-    table, report = build_article_features(lk.read(ingest.clean_table_name(ARTICLES)), config.imbalance_threshold)
+    table, report = build_article_features(
+        lk.read(ingest.clean_table_name(ARTICLES)), config.imbalance_threshold
+    )
     lk.write(ARTICLE_FEATURES, table)
     meta = table_metadata(lk, ARTICLE_FEATURES, preview_columns=["article_idx", "article_id", "text"])
     meta["preprocessing"] = dg.MetadataValue.md(report.as_markdown())
@@ -235,7 +272,9 @@ def customer_features(config: FeaturesConfig, lake: LakeResource) -> dg.Material
     """Customers for the models: null policy (FN/Active empty = 0, age median + flag), imbalanced
     columns dropped (e.g. club_member_status, 93 % ACTIVE), ordinal postal codes, ``customer_idx``."""
     lk = lake.lake()
-    table, report = build_customer_features(lk.read(ingest.clean_table_name(CUSTOMERS)), config.imbalance_threshold)
+    table, report = build_customer_features(
+        lk.read(ingest.clean_table_name(CUSTOMERS)), config.imbalance_threshold
+    )
     lk.write(CUSTOMER_FEATURES, table)
     meta = table_metadata(lk, CUSTOMER_FEATURES)
     meta["preprocessing"] = dg.MetadataValue.md(report.as_markdown())

@@ -32,24 +32,52 @@ def cached_serving_data(lake: Lake) -> ServingData:
     return _SERVING[key]
 
 
-def log_recommender(run: TrackedRun, lake: Lake, kind: str, model: str, settings: dict | None = None, files: dict[str, Path] | None = None,
-                    *, trained_before: dt.date):
+def log_recommender(
+    run: TrackedRun,
+    lake: Lake,
+    kind: str,
+    model: str,
+    settings: dict | None = None,
+    files: dict[str, Path] | None = None,
+    *,
+    trained_before: dt.date,
+):
     """Bundle a recommender with the serving data, log it as a pyfunc to ``run``, register it as
     ``hm_recs_<model>``; returns the model version. ``trained_before`` is the first day its parameters
     never saw (the promotion policy and the served model's page read it)."""
     data = cached_serving_data(lake)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = write_recommender_bundle(Path(tmp) / "bundle", kind, data.articles, data.histories, data.fallback, settings, files)
-        folder = save_pyfunc(RecommenderPyfunc(), {"bundle": str(bundle)}, recommender_signature(), Path(tmp) / "model")
-        return register_model(run, folder, model_name(model), f"{kind} recommender: customer ids -> 12 article ids",
-                              tags={"kind": kind, "protocol_name": model, "data_end": data.data_end.isoformat(), "fallback": FALLBACK,
-                                    "trained_before": trained_before.isoformat()})
+        bundle = write_recommender_bundle(
+            Path(tmp) / "bundle", kind, data.articles, data.histories, data.fallback, settings, files
+        )
+        folder = save_pyfunc(
+            RecommenderPyfunc(), {"bundle": str(bundle)}, recommender_signature(), Path(tmp) / "model"
+        )
+        return register_model(
+            run,
+            folder,
+            model_name(model),
+            f"{kind} recommender: customer ids -> 12 article ids",
+            tags={
+                "kind": kind,
+                "protocol_name": model,
+                "data_end": data.data_end.isoformat(),
+                "fallback": FALLBACK,
+                "trained_before": trained_before.isoformat(),
+            },
+        )
 
 
 def log_vqgan(run: TrackedRun, weights: Path):
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_pyfunc(VQGANPyfunc(), {"weights": str(weights)}, vqgan_signature(), Path(tmp) / "model")
-        return register_model(run, folder, model_name("vqgan"), "VQGAN image tokenizer: image path -> codebook indices", tags={"kind": "vqgan"})
+        return register_model(
+            run,
+            folder,
+            model_name("vqgan"),
+            "VQGAN image tokenizer: image path -> codebook indices",
+            tags={"kind": "vqgan"},
+        )
 
 
 def mlflow_metadata(mlflow, run, version=None) -> dict:

@@ -1,6 +1,5 @@
 """Sessions: Spark turns the clean transactions into weekly customer sessions; the time split."""
 
-
 import datetime as dt
 
 import dagster as dg
@@ -37,11 +36,21 @@ def _week_range(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
     partitions_def=weekly_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[
-        dg.AssetCheckSpec("no_event_lost", asset="sessions", description="Every clean transaction of the weeks is in exactly one session row"),
-        dg.AssetCheckSpec("session_ids_consistent", asset="sessions", description="One session id per (customer, week), event_idx 0..n-1"),
+        dg.AssetCheckSpec(
+            "no_event_lost",
+            asset="sessions",
+            description="Every clean transaction of the weeks is in exactly one session row",
+        ),
+        dg.AssetCheckSpec(
+            "session_ids_consistent",
+            asset="sessions",
+            description="One session id per (customer, week), event_idx 0..n-1",
+        ),
     ],
 )
-def sessions(context: AssetExecutionContext, pyspark: PySparkResource, lake: LakeResource) -> dg.MaterializeResult:
+def sessions(
+    context: AssetExecutionContext, pyspark: PySparkResource, lake: LakeResource
+) -> dg.MaterializeResult:
     """Customer x week sessions (Wednesday to Tuesday), one row per unit bought, ordered by
     (day, source line); Delta table partitioned by ``week_start``. A run can cover a range of weeks
     (a backfill is one Spark job)."""
@@ -52,21 +61,42 @@ def sessions(context: AssetExecutionContext, pyspark: PySparkResource, lake: Lak
     frame = sessionize(read_delta(spark, lk, clean_table_name(TRANSACTIONS)), weeks=(first, last))
     version = write_sessions(frame, lk, lake.scratch_dir(), weeks=(first, last))
 
-    week_filter = (pds.field("week_start") >= pa.scalar(first, pa.date32())) & (pds.field("week_start") <= pa.scalar(last, pa.date32()))
-    rows = lk.dataset(SESSIONS_TABLE).to_table(columns=["session_id", "customer_id", "week_start", "event_idx", "session_length"], filter=week_filter)
+    week_filter = (pds.field("week_start") >= pa.scalar(first, pa.date32())) & (
+        pds.field("week_start") <= pa.scalar(last, pa.date32())
+    )
+    rows = lk.dataset(SESSIONS_TABLE).to_table(
+        columns=["session_id", "customer_id", "week_start", "event_idx", "session_length"], filter=week_filter
+    )
     end = last + dt.timedelta(days=6)
-    day_filter = (pds.field("t_dat") >= pa.scalar(first, pa.date32())) & (pds.field("t_dat") <= pa.scalar(end, pa.date32()))
+    day_filter = (pds.field("t_dat") >= pa.scalar(first, pa.date32())) & (
+        pds.field("t_dat") <= pa.scalar(end, pa.date32())
+    )
     expected = lk.dataset(clean_table_name(TRANSACTIONS)).count_rows(filter=day_filter)
 
     n_sessions = pc.count_distinct(rows.column("session_id")).as_py() if rows.num_rows else 0
-    pairs = rows.group_by(["customer_id", "week_start"]).aggregate([("session_id", "count_distinct"), ("event_idx", "max"), ("session_length", "max"), ("event_idx", "count")]) if rows.num_rows else None
+    pairs = (
+        rows.group_by(["customer_id", "week_start"]).aggregate(
+            [
+                ("session_id", "count_distinct"),
+                ("event_idx", "max"),
+                ("session_length", "max"),
+                ("event_idx", "count"),
+            ]
+        )
+        if rows.num_rows
+        else None
+    )
     consistent = pairs is None or (
         pc.all(pc.equal(pairs.column("session_id_count_distinct"), 1)).as_py()
         and len(pairs) == n_sessions
-        and pc.all(pc.equal(pc.add(pairs.column("event_idx_max"), 1), pairs.column("event_idx_count"))).as_py()
+        and pc.all(
+            pc.equal(pc.add(pairs.column("event_idx_max"), 1), pairs.column("event_idx_count"))
+        ).as_py()
         and pc.all(pc.equal(pairs.column("session_length_max"), pairs.column("event_idx_count"))).as_py()
     )
-    meta = table_metadata(lk, SESSIONS_TABLE, preview_columns=["session_id", "week_start", "t_dat", "event_idx", "article_id"])
+    meta = table_metadata(
+        lk, SESSIONS_TABLE, preview_columns=["session_id", "week_start", "t_dat", "event_idx", "article_id"]
+    )
     meta.update(
         {
             "weeks": dg.MetadataValue.text(f"{first} .. {last}"),
@@ -79,8 +109,16 @@ def sessions(context: AssetExecutionContext, pyspark: PySparkResource, lake: Lak
     return dg.MaterializeResult(
         metadata=meta,
         check_results=[
-            dg.AssetCheckResult(check_name="no_event_lost", passed=rows.num_rows == expected, metadata={"session_rows": rows.num_rows, "clean_transactions": expected}),
-            dg.AssetCheckResult(check_name="session_ids_consistent", passed=bool(consistent), metadata={"sessions": n_sessions}),
+            dg.AssetCheckResult(
+                check_name="no_event_lost",
+                passed=rows.num_rows == expected,
+                metadata={"session_rows": rows.num_rows, "clean_transactions": expected},
+            ),
+            dg.AssetCheckResult(
+                check_name="session_ids_consistent",
+                passed=bool(consistent),
+                metadata={"sessions": n_sessions},
+            ),
         ],
     )
 
@@ -94,7 +132,13 @@ class TimeSplitConfig(dg.Config):
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[sessions],
-    check_specs=[dg.AssetCheckSpec("every_split_has_data", asset="time_split", description="Training, validation and test each hold transactions")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_split_has_data",
+            asset="time_split",
+            description="Training, validation and test each hold transactions",
+        )
+    ],
 )
 def time_split(config: TimeSplitConfig, lake: LakeResource) -> dg.MaterializeResult:
     """The Kaggle protocol's time split: last 7 days test, the 7 before validation, earlier training."""
@@ -105,7 +149,10 @@ def time_split(config: TimeSplitConfig, lake: LakeResource) -> dg.MaterializeRes
     rows = []
     for name in SPLITS:
         start, end = split.window(name)
-        part = data.filter((pc.field("t_dat") >= pa.scalar(start, pa.date32())) & (pc.field("t_dat") <= pa.scalar(end, pa.date32())))
+        part = data.filter(
+            (pc.field("t_dat") >= pa.scalar(start, pa.date32()))
+            & (pc.field("t_dat") <= pa.scalar(end, pa.date32()))
+        )
         rows.append(
             {
                 "split": name,
@@ -125,5 +172,11 @@ def time_split(config: TimeSplitConfig, lake: LakeResource) -> dg.MaterializeRes
     empty = [r["split"] for r in rows if r["transactions"] == 0]
     return dg.MaterializeResult(
         metadata=meta,
-        check_results=[dg.AssetCheckResult(check_name="every_split_has_data", passed=not empty, metadata={"empty_splits": ", ".join(empty) or "none"})],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="every_split_has_data",
+                passed=not empty,
+                metadata={"empty_splits": ", ".join(empty) or "none"},
+            )
+        ],
     )

@@ -1,7 +1,6 @@
 """VQGAN: the base model, its fine-tuning on the product photos, reconstruction quality, and image tokens."""
 
 import hashlib
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -34,6 +33,7 @@ from hm_recs.paths import models_dir
 from hm_recs.plots import line_plot
 from hm_recs.profiles import TORCH_STEP
 from hm_recs.tables import CODEBOOK, IMAGE_MANIFEST, IMAGE_TOKENS, VQGAN_EVALUATION_TABLE
+from hm_recs.training import fingerprint, loss_went_down
 
 
 def vqgan_dir() -> Path:
@@ -114,10 +114,21 @@ def _usable_images(lake, data_dir: str):
     kinds={"pytorch"},
     op_tags=TORCH_STEP,
     deps=[vqgan_base_model],
-    check_specs=[dg.AssetCheckSpec("reconstruction_loss_decreased", asset="vqgan_finetuned_model", description="The VQGAN's reconstruction loss at the end is below the start")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "reconstruction_loss_decreased",
+            asset="vqgan_finetuned_model",
+            description="The VQGAN's reconstruction loss at the end is below the start",
+        )
+    ],
 )
 def vqgan_finetuned_model(
-    context: AssetExecutionContext, config: VQGANFinetuneConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource, mlflow: MLflowResource
+    context: AssetExecutionContext,
+    config: VQGANFinetuneConfig,
+    hm_data: HMDataResource,
+    lake: LakeResource,
+    compute: ComputeResource,
+    mlflow: MLflowResource,
 ) -> dg.MaterializeResult:
     """The base VQGAN fine-tuned on the product photos (all but the ~5 % held out for evaluation),
     with taming's GAN training under Lightning 2; checkpoints every ``checkpoint_every`` steps and
@@ -132,7 +143,9 @@ def vqgan_finetuned_model(
     return result
 
 
-def _finetune(context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk, compute: ComputeResource, run):
+def _finetune(
+    context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk, compute: ComputeResource, run
+):
     base, extra = load_model(vqgan_dir() / "base.safetensors")
     ids, paths = _usable_images(lk, hm_data.data_dir)
     train = [p for a, p in zip(ids, paths, strict=True) if not held_out(a)]
@@ -147,18 +160,48 @@ def _finetune(context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk,
     if init == "auto":
         init = "none" if extra.get("pretrained") else "kmeans"
     settings = TrainingSettings(
-        steps, config.batch_size, config.base_learning_rate, config.accumulate, config.checkpoint_every,
-        config.num_workers, config.seed, config.disc_start_fraction, init, config.restart_dead_every,
+        steps,
+        config.batch_size,
+        config.base_learning_rate,
+        config.accumulate,
+        config.checkpoint_every,
+        config.num_workers,
+        config.seed,
+        config.disc_start_fraction,
+        init,
+        config.restart_dead_every,
     )
     spec = compute.spec()
-    fingerprint = hashlib.sha256(json.dumps([base.cfg.to_dict(), dataclass_dict(settings), len(train), lk.version(IMAGE_MANIFEST), extra.get("source")]).encode()).hexdigest()
-    context.log.info(f"fine-tuning on {len(train)} images for {steps} steps on {spec.describe()}")
-    run.log_params({**base.cfg.to_dict(), **dataclass_dict(settings), "training_images": len(train), "base_source": extra.get("source"), "device": spec.describe()})
-    model, result = train_vqgan(
-        base.cfg, train, vqgan_dir() / "finetune", settings, spec, init_state=base.state_dict(),
-        fingerprint=fingerprint, perceptual_calibrated=bool(extra.get("perceptual_calibrated")),
+    run_key = fingerprint(
+        base.cfg.to_dict(),
+        dataclass_dict(settings),
+        len(train),
+        lk.version(IMAGE_MANIFEST),
+        extra.get("source"),
     )
-    context.log.info(f"perceptual (LPIPS) term: {result.perceptual}; discriminator from step {result.disc_start}")
+    context.log.info(f"fine-tuning on {len(train)} images for {steps} steps on {spec.describe()}")
+    run.log_params(
+        {
+            **base.cfg.to_dict(),
+            **dataclass_dict(settings),
+            "training_images": len(train),
+            "base_source": extra.get("source"),
+            "device": spec.describe(),
+        }
+    )
+    model, result = train_vqgan(
+        base.cfg,
+        train,
+        vqgan_dir() / "finetune",
+        settings,
+        spec,
+        init_state=base.state_dict(),
+        fingerprint=run_key,
+        perceptual_calibrated=bool(extra.get("perceptual_calibrated")),
+    )
+    context.log.info(
+        f"perceptual (LPIPS) term: {result.perceptual}; discriminator from step {result.disc_start}"
+    )
     path = save_model(model, vqgan_dir() / "finetuned.safetensors", extra={**extra, "steps": result.steps})
     rec = result.history.get("rec_loss", [])
     for key, values in result.history.items():
@@ -181,22 +224,45 @@ def _finetune(context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk,
     if rec:
         window = max(1, len(rec) // 50)
         smooth = np.convolve(rec, np.ones(window) / window, mode="valid").tolist()
-        plots["vqgan_loss"] = line_plot({"reconstruction loss": smooth}, "VQGAN fine-tuning (Figure 4)", "step", "L1 (+ LPIPS)")
+        plots["vqgan_loss"] = line_plot(
+            {"reconstruction loss": smooth}, "VQGAN fine-tuning (Figure 4)", "step", "L1 (+ LPIPS)"
+        )
         meta.update(image_metadata(plots["vqgan_loss"], "vqgan_loss", "Reconstruction loss"))
         gan = gan_curves(result.history, result.disc_start)
         if gan:
             plots["vqgan_gan_losses"] = gan
-            meta.update(image_metadata(gan, "vqgan_gan_losses", "Generator and discriminator losses after disc_start"))
+            meta.update(
+                image_metadata(gan, "vqgan_gan_losses", "Generator and discriminator losses after disc_start")
+            )
     grid = reconstruction_grid(model, [p for a, p in zip(ids, paths, strict=True) if held_out(a)] or train)
     if grid:
         plots["vqgan_reconstructions"] = grid
-        meta.update(image_metadata(grid, "vqgan_reconstructions", "Held-out originals (top) and reconstructions (bottom), Figure 5"))
-    head = float(np.mean(rec[: max(1, len(rec) // 10)])) if rec else 0.0
-    tail = float(np.mean(rec[-max(1, len(rec) // 10) :])) if rec else 0.0
-    run.log_metrics({"n_parameters": count_parameters(model), "training_seconds": result.seconds, "steps": result.steps, "rec_loss_first_10pct": head, "rec_loss_last_10pct": tail})
+        meta.update(
+            image_metadata(
+                grid,
+                "vqgan_reconstructions",
+                "Held-out originals (top) and reconstructions (bottom), Figure 5",
+            )
+        )
+    went_down, head, tail = loss_went_down(rec)
+    run.log_metrics(
+        {
+            "n_parameters": count_parameters(model),
+            "training_seconds": result.seconds,
+            "steps": result.steps,
+            "rec_loss_first_10pct": head,
+            "rec_loss_last_10pct": tail,
+        }
+    )
     result_ = dg.MaterializeResult(
         metadata=meta,
-        check_results=[dg.AssetCheckResult(check_name="reconstruction_loss_decreased", passed=bool(rec) and tail < head, metadata={"first_10pct": head, "last_10pct": tail})],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="reconstruction_loss_decreased",
+                passed=went_down,
+                metadata={"first_10pct": head, "last_10pct": tail},
+            )
+        ],
     )
     return result_, path, plots
 
@@ -213,7 +279,13 @@ def gan_curves(history: dict, disc_start: int) -> bytes | None:
 
     sg, sd = smooth(g), smooth(d)
     steps = [disc_start + window + i for i in range(len(sg))]
-    return line_plot({"generator (-D(x_rec))": sg, "discriminator (hinge)": sd}, "VQGAN GAN losses", "step", "loss", x=steps)
+    return line_plot(
+        {"generator (-D(x_rec))": sg, "discriminator (hinge)": sd},
+        "VQGAN GAN losses",
+        "step",
+        "loss",
+        x=steps,
+    )
 
 
 def dataclass_dict(obj) -> dict:
@@ -232,9 +304,17 @@ class VQGANEvaluationConfig(dg.Config):
     kinds={"pytorch"},
     op_tags=TORCH_STEP,
     deps=[vqgan_finetuned_model],
-    check_specs=[dg.AssetCheckSpec("psnr_above_floor", asset="vqgan_evaluation", description="The fine-tuned VQGAN's held-out PSNR is above psnr_floor")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "psnr_above_floor",
+            asset="vqgan_evaluation",
+            description="The fine-tuned VQGAN's held-out PSNR is above psnr_floor",
+        )
+    ],
 )
-def vqgan_evaluation(config: VQGANEvaluationConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource) -> dg.MaterializeResult:
+def vqgan_evaluation(
+    config: VQGANEvaluationConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource
+) -> dg.MaterializeResult:
     """PSNR, SSIM and LPIPS of the base and the fine-tuned model on the same held-out photos,
     side by side like the paper's Table 3. LPIPS is reported only when it is calibrated."""
     lk = lake.lake()
@@ -244,16 +324,45 @@ def vqgan_evaluation(config: VQGANEvaluationConfig, hm_data: HMDataResource, lak
     rows = []
     for name in ("base", "finetuned"):
         model, extra = load_model(vqgan_dir() / f"{name}.safetensors")
-        trunk = {k.removeprefix("loss.perceptual_loss.net."): v for k, v in model.state_dict().items() if k.startswith("loss.perceptual_loss.net.")} if extra.get("perceptual_trunk_loaded") else None
+        trunk = (
+            {
+                k.removeprefix("loss.perceptual_loss.net."): v
+                for k, v in model.state_dict().items()
+                if k.startswith("loss.perceptual_loss.net.")
+            }
+            if extra.get("perceptual_trunk_loaded")
+            else None
+        )
         s = reconstruction_scores(model, held, device, trunk_state=trunk)
-        rows.append({"model": name, "images": s.images, "PSNR": round(s.psnr, 3), "SSIM": round(s.ssim, 4), "LPIPS": None if s.lpips is None else round(s.lpips, 5), "LPIPS note": s.lpips_note})
+        rows.append(
+            {
+                "model": name,
+                "images": s.images,
+                "PSNR": round(s.psnr, 3),
+                "SSIM": round(s.ssim, 4),
+                "LPIPS": None if s.lpips is None else round(s.lpips, 5),
+                "LPIPS note": s.lpips_note,
+            }
+        )
     table = pa.Table.from_pylist(rows)
     lk.write(VQGAN_EVALUATION_TABLE, table)
     fine = rows[1]
-    md = markdown_table(table) + "\n\nThe paper (Table 3): PSNR 26.48 -> 27.35, SSIM 0.8016 -> 0.8220, LPIPS 0.00055 -> 0.00033."
+    md = (
+        markdown_table(table)
+        + "\n\nThe paper (Table 3): PSNR 26.48 -> 27.35, SSIM 0.8016 -> 0.8220, LPIPS 0.00055 -> 0.00033."
+    )
     return dg.MaterializeResult(
-        metadata={"table3": dg.MetadataValue.md(md), **table_metadata(lk, VQGAN_EVALUATION_TABLE, preview_rows=0)},
-        check_results=[dg.AssetCheckResult(check_name="psnr_above_floor", passed=fine["PSNR"] >= config.psnr_floor, metadata={"psnr": fine["PSNR"], "floor": config.psnr_floor})],
+        metadata={
+            "table3": dg.MetadataValue.md(md),
+            **table_metadata(lk, VQGAN_EVALUATION_TABLE, preview_rows=0),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="psnr_above_floor",
+                passed=fine["PSNR"] >= config.psnr_floor,
+                metadata={"psnr": fine["PSNR"], "floor": config.psnr_floor},
+            )
+        ],
     )
 
 
@@ -267,9 +376,15 @@ class ImageTokensConfig(dg.Config):
     kinds={"pytorch", "deltalake"},
     op_tags=TORCH_STEP,
     deps=[vqgan_finetuned_model, image_manifest],
-    check_specs=[dg.AssetCheckSpec("codebook_usage", asset="image_tokens", description="How many codebook entries the catalogue uses")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "codebook_usage", asset="image_tokens", description="How many codebook entries the catalogue uses"
+        )
+    ],
 )
-def image_tokens(config: ImageTokensConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource) -> dg.MaterializeResult:
+def image_tokens(
+    config: ImageTokensConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource
+) -> dg.MaterializeResult:
     """Every article's photo as a grid of VQGAN codes (Delta: article_id, status, tokens as a list
     of small ints, model version), plus the codebook embeddings. Articles without a usable photo get
     status ``missing`` / ``corrupt`` and no tokens."""
@@ -299,8 +414,21 @@ def image_tokens(config: ImageTokensConfig, hm_data: HMDataResource, lake: LakeR
     )
     lk.write(IMAGE_TOKENS, table)
     emb = model.quantize.embedding.weight.detach().cpu().numpy()
-    lk.write(CODEBOOK, pa.table({"code": pa.array(np.arange(len(emb)), pa.int16()), "embedding": pa.array(emb.tolist(), pa.list_(pa.float32())), "model_version": pa.array([version] * len(emb))}))
-    used = np.unique(np.concatenate([c.reshape(-1) for c in codes if c is not None])) if any(c is not None for c in codes) else np.empty(0)
+    lk.write(
+        CODEBOOK,
+        pa.table(
+            {
+                "code": pa.array(np.arange(len(emb)), pa.int16()),
+                "embedding": pa.array(emb.tolist(), pa.list_(pa.float32())),
+                "model_version": pa.array([version] * len(emb)),
+            }
+        ),
+    )
+    used = (
+        np.unique(np.concatenate([c.reshape(-1) for c in codes if c is not None]))
+        if any(c is not None for c in codes)
+        else np.empty(0)
+    )
     meta = table_metadata(lk, IMAGE_TOKENS, preview_columns=["article_id", "status", "model_version"])
     meta.update(
         {
@@ -320,7 +448,11 @@ def image_tokens(config: ImageTokensConfig, hm_data: HMDataResource, lake: LakeR
             dg.AssetCheckResult(
                 check_name="codebook_usage",
                 passed=len(used) >= min(config.min_codes_used, model.cfg.n_embed),
-                metadata={"codes_used": int(len(used)), "codebook_size": model.cfg.n_embed, "share": len(used) / model.cfg.n_embed},
+                metadata={
+                    "codes_used": int(len(used)),
+                    "codebook_size": model.cfg.n_embed,
+                    "share": len(used) / model.cfg.n_embed,
+                },
             )
         ],
     )

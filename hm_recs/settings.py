@@ -1,0 +1,47 @@
+"""Every environment variable hm_recs reads, declared and read here and nowhere else.
+
+A variable is read when it is asked for, never at import, so a process (or a test) that sets it
+before building the resources gets it. Reading a name that is not declared below is a programming
+error: the list is the documentation (the README's settings table shows the same). The Dagster
+resources (``hm_recs/defs/resources.py``) check the values when they are built.
+"""
+
+from __future__ import annotations
+
+import os
+
+DECLARED: dict[str, str] = {
+    "HM_STATE_DIR": "folder of everything hm_recs writes locally (default ./state)",
+    "HM_DATA_DIR": "the Kaggle-layout folder to ingest (default: the generated small sample)",
+    "HM_SHARED_DIR": "the read-only real H&M sample for tests and benchmarks (default ../shared)",
+    "HM_LAKE_URI": "the Delta lake: a folder or s3:// URI (default state/lake)",
+    "HM_LANCEDB_URI": "the item index: a folder or s3:// URI (default state/lancedb)",
+    "HM_S3_ENDPOINT_URL": "an S3-compatible endpoint (MinIO) for s3:// URIs",
+    "AWS_ACCESS_KEY_ID": "object-store credentials for s3:// URIs",
+    "AWS_SECRET_ACCESS_KEY": "object-store credentials for s3:// URIs",
+    "AWS_REGION": "object-store region for s3:// URIs",
+    "HM_MLFLOW_TRACKING_URI": "MLflow tracking and registry store (default sqlite:///state/mlflow/mlflow.db)",
+    "HM_MLFLOW_ARTIFACTS": "MLflow artifact location for new experiments (default state/mlflow/artifacts)",
+    "HM_MLFLOW_UI": "where the MLflow UI answers, for links in Dagster metadata",
+    "HM_SPARK_MASTER": "Spark master (default local[*])",
+    "HM_SPARK_DRIVER_MEMORY": "Spark driver memory (default 4g)",
+    "HM_DEVICE": "auto, cpu or cuda[:N] (default auto)",
+    "HM_NUM_DEVICES": "devices per training run (default 1)",
+    "HM_PRECISION": "Lightning precision (default 32-true)",
+    "HM_TORCH_THREADS": "CPU threads per torch step (default 0: torch's default)",
+    "HM_PROFILE": "run profile of automatic runs: auto, paper, cpu, demo, smoke (default auto)",
+    "HM_BART_PRETRAINED": "a hub id or local path of pretrained BART weights (default: train from config)",
+    "HM_BART_SIZE": "BART size trained from config (default tiny)",
+    "HM_FILE_SETTLE_SECONDS": "seconds a raw file's size must be stable before the sensor ingests it",
+}
+
+
+def setting(name: str, default: str | None = None) -> str | None:
+    """The variable's value, or ``default`` when it is unset or empty."""
+    if name not in DECLARED:
+        raise KeyError(f"{name} is not a declared hm_recs setting (hm_recs/settings.py)")
+    return os.environ.get(name) or default
+
+
+def is_set(name: str) -> bool:
+    return setting(name) is not None
