@@ -281,6 +281,18 @@ def test_every_asset_has_an_owner_a_code_version_and_described_checks():
         != domain_code_version("ingest")
     )
     assert not [str(k) for k in graph.asset_check_keys if not graph.get_check_spec(k).description]
+    # every asset that opens an MLflow run says so with its kind
+    logging = [
+        "popularity_baselines",
+        "gru4rec_model",
+        "vqgan_finetuned_model",
+        "bart_model_semantic_id",
+        "bart_evaluation",
+        "model_comparison",
+        "champion",
+        "recommendations",
+    ]
+    assert [k for k in logging if "mlflow" not in graph.get(dg.AssetKey(k)).kinds] == []
     # the weekly cycle's assets say how fresh they must be (the daemon evaluates it: freshness enabled)
     weekly = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).freshness_policy}
     assert weekly == {"clean_transactions", "model_comparison", "recommendations"}

@@ -29,7 +29,7 @@ class PopularityConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP,
-    kinds={"deltalake"},
+    kinds={"deltalake", "mlflow"},
     deps=[sessions, time_split, article_features, customer_features],
     check_specs=[
         dg.AssetCheckSpec(

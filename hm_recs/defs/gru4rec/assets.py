@@ -76,7 +76,7 @@ class GRU4RecTrainingConfig(dg.Config):
 
 @dg.asset(
     group_name="models",
-    kinds={"pytorch"},
+    kinds={"pytorch", "mlflow"},
     op_tags=TORCH_STEP,
     deps=[sessions, time_split, article_features],
     check_specs=[

@@ -111,7 +111,7 @@ def _usable_images(lake, data_dir: str):
 
 @dg.asset(
     group_name="models",
-    kinds={"pytorch"},
+    kinds={"pytorch", "mlflow"},
     op_tags=TORCH_STEP,
     deps=[vqgan_base_model],
     check_specs=[
