@@ -16,6 +16,7 @@ DECLARED: dict[str, str] = {
     "HM_SHARED_DIR": "the read-only real H&M sample for tests and benchmarks (default ../shared)",
     "HM_LAKE_URI": "the Delta lake: a folder or s3:// URI (default state/lake)",
     "HM_LANCEDB_URI": "the item index: a folder or s3:// URI (default state/lancedb)",
+    "HM_MODELS_URI": "trained models and checkpoints: a folder or s3:// URI (default state/models)",
     "HM_S3_ENDPOINT_URL": "an S3-compatible endpoint (MinIO) for s3:// URIs",
     "AWS_ACCESS_KEY_ID": "object-store credentials for s3:// URIs",
     "AWS_SECRET_ACCESS_KEY": "object-store credentials for s3:// URIs",

@@ -88,16 +88,64 @@ def test_dg_check_defs_passes():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, monkeypatch, capsys):
+# every asset that reads what a training asset stored, re-materialized alone by a fresh worker
+FRESH_WORKER_ASSETS = [
+    "vqgan_finetuned_model",
+    "vqgan_evaluation",
+    "image_tokens",
+    "bart_training_sequences",
+    "bart_model_semantic_id",
+    "gru4rec_evaluation",
+    "bart_evaluation",
+    "model_comparison",
+    "champion",
+    "recommendations",
+]
+FRESH_WORKER = """
+import json, os, sys, time
+import dagster as dg
+from hm_recs.definitions import defs as load_defs
+from hm_recs.profiles import narrowed
+assets, config, home, states = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+instance = dg.DagsterInstance.from_config(home)
+for asset in assets:
+    t = time.perf_counter()
+    state = os.path.join(states, asset)  # an empty local disk for each asset
+    os.environ["HM_STATE_DIR"] = state
+    result = load_defs().resolve_job_def("evaluate").execute_in_process(
+        instance=instance, run_config=narrowed(config, [asset]), asset_selection=[dg.AssetKey(asset)],
+        raise_on_error=False,
+    )
+    print(json.dumps({"asset": asset, "success": result.success, "seconds": time.perf_counter() - t,
+                      "local_models": os.path.exists(os.path.join(state, "models"))}), flush=True)
+"""
+
+
+def test_whole_graph_materializes_on_tiny_data(
+    spark, tiny_dataset, tmp_path, monkeypatch, capsys, s3_endpoint
+):
+    """The whole graph with the models in an S3 bucket (moto's server), as the deployment keeps
+    them; then every asset downstream of a training asset, alone, in a fresh process whose local
+    state folder is empty (a Kubernetes run worker): it finds what its upstream trained."""
+    import boto3
+
     from hm_recs.defs.resources import configured_lake
     from hm_recs.demo import SMOKE_MODELS, run_pipeline
     from hm_recs.evaluation.weeks import read_metrics
+    from hm_recs.paths import default_tracking_uri, state_dir
 
     monkeypatch.setenv("HM_DATA_DIR", str(tiny_dataset))
     monkeypatch.setenv("HM_LAKE_URI", str(tmp_path / "lake"))
+    monkeypatch.setenv("HM_LANCEDB_URI", str(tmp_path / "lancedb"))
+    monkeypatch.setenv("HM_MLFLOW_TRACKING_URI", default_tracking_uri())  # what a server would be
+    endpoint = s3_endpoint
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="hm-models")
+    monkeypatch.setenv("HM_MODELS_URI", "s3://hm-models/models")
     defs = load_defs()
     lake = configured_lake()
-    with dg.DagsterInstance.ephemeral() as instance:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
         _, results = run_pipeline(defs, instance, lake, log=lambda s: None, models=SMOKE_MODELS)
         for name, result in results.items():
             assert result.success, name
@@ -218,7 +266,6 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
         import pandas as pd
 
         from hm_recs.cli import main as cli
-        from hm_recs.paths import state_dir
 
         sub = pd.read_csv(state_dir() / "submissions" / "submission.csv", dtype=str)
         customers = pd.read_csv(tiny_dataset / "customers.csv", dtype=str)["customer_id"]
@@ -247,8 +294,52 @@ def test_whole_graph_materializes_on_tiny_data(spark, tiny_dataset, tmp_path, mo
             and lake.version("clean/transactions") == before[1] + 1
         )
 
+        # nothing went to the local disk: the models are in the bucket
+        assert not (state_dir() / "models").exists()
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        stored = s3.list_objects_v2(Bucket="hm-models")["Contents"]
+        assert {o["Key"].split("/")[1] for o in stored} == {"gru4rec", "vqgan", "bart"}
+
+    # a fresh process, an empty state folder per asset, the same instance, lake, MLflow and bucket
+    import json
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FRESH_WORKER,
+            json.dumps(FRESH_WORKER_ASSETS),
+            json.dumps(SMOKE_MODELS),
+            str(home),
+            str(tmp_path / "fresh"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    done = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"asset"')]
+    assert [d["asset"] for d in done if d["success"]] == FRESH_WORKER_ASSETS, out.stderr[-3000:]
+    assert not any(d["local_models"] for d in done)
+    print({d["asset"]: round(d["seconds"], 1) for d in done})
+
 
 EXPECTED_ASSETS_KEYS = [dg.AssetKey(k) for k in EXPECTED_ASSETS]
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path, monkeypatch):
+    """moto's S3 server for one test, with the settings every resource reads."""
+    from hm_recs_tests.services import s3_server
+
+    with s3_server(tmp_path) as endpoint:
+        for name, value in (
+            ("HM_S3_ENDPOINT_URL", endpoint),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ):
+            monkeypatch.setenv(name, value)
+        yield endpoint
 
 
 def test_bad_settings_fail_when_the_resources_are_built_naming_the_variable(monkeypatch):

@@ -34,6 +34,7 @@ def test_compose_has_every_service_of_the_deployment():
     for name in ("code-location", "webserver", "daemon"):
         env = services[name]["environment"]
         assert env["HM_LAKE_URI"].startswith("s3://") and env["HM_MLFLOW_TRACKING_URI"].startswith("http://")
+        assert env["HM_MODELS_URI"].startswith("s3://")  # a fresh run worker finds the trained models
         assert env["HM_SPARK_MASTER"].startswith("spark://")
     assert "workspace.yaml" in " ".join(services["webserver"]["command"])
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from hm_recs.data.delta import Lake
 from hm_recs.paths import state_dir
+from hm_recs.reports import markdown_table
 from hm_recs.tables import describe
 
 
@@ -33,18 +34,6 @@ def table_metadata(
     return meta
 
 
-def markdown_table(table: pa.Table, max_chars: int = 60) -> str:
-    cols = table.column_names
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in table.to_pylist():
-        cells = []
-        for c in cols:
-            v = "" if row[c] is None else str(row[c])
-            cells.append((v[: max_chars - 1] + "…" if len(v) > max_chars else v).replace("|", "\\|"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def image_metadata(png: bytes, name: str, title: str) -> dict:
     """A plot saved under ``state/plots`` and shown inline in the Dagster UI (markdown image)."""
     folder = state_dir() / "plots"
@@ -56,3 +45,11 @@ def image_metadata(png: bytes, name: str, title: str) -> dict:
         name: dg.MetadataValue.md(f"**{title}**\n\n![{title}](data:image/png;base64,{encoded})"),
         f"{name}_path": dg.MetadataValue.path(str(Path(path))),
     }
+
+
+def mlflow_metadata(mlflow, run, version=None) -> dict:
+    """Links from the asset to its MLflow run (and registered version)."""
+    meta = {"mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)), "mlflow_run_id": run.run_id}
+    if version is not None:
+        meta["registered_model"] = f"{version.name} v{version.version}"
+    return meta

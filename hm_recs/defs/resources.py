@@ -10,6 +10,7 @@ resource               default                         environment
 ``lake``               ``./state/lake``                 ``HM_LAKE_URI`` (+ ``AWS_*`` for ``s3://``)
 ``pyspark``            ``local[*]``                     ``HM_SPARK_MASTER``, ``HM_SPARK_DRIVER_MEMORY``
 ``lancedb``            ``./state/lancedb``              ``HM_LANCEDB_URI`` (+ ``AWS_*`` for ``s3://``)
+``models``             ``./state/models``               ``HM_MODELS_URI`` (+ ``AWS_*`` for ``s3://``)
 ``compute``            ``auto`` (GPU if any), 1, fp32   ``HM_DEVICE``, ``HM_NUM_DEVICES``, ``HM_PRECISION``
 ``mlflow``             ``./state/mlflow`` (SQLite)      ``HM_MLFLOW_TRACKING_URI``, ``HM_MLFLOW_ARTIFACTS``,
                                                         ``HM_MLFLOW_UI``
@@ -26,10 +27,18 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
+from hm_recs.artifacts import ModelStore
 from hm_recs.compute import DeviceSpec
 from hm_recs.data.delta import Lake
 from hm_recs.evaluation.protocol import EvaluationProtocol
-from hm_recs.paths import default_lake_uri, default_synthetic_dir, default_tracking_uri, mlflow_dir, state_dir
+from hm_recs.paths import (
+    default_lake_uri,
+    default_synthetic_dir,
+    default_tracking_uri,
+    mlflow_dir,
+    models_dir,
+    state_dir,
+)
 from hm_recs.profiles import AUTO, resolve_profile
 from hm_recs.registry.tracking import TrackingSettings, close_orphaned_runs, tracked_run
 from hm_recs.sessions.spark import spark_conf
@@ -111,6 +120,21 @@ class LanceDBResource(ObjectStoreSettings):
             )
             or None
         )
+
+
+class ModelStoreResource(ObjectStoreSettings):
+    """Trained models and their checkpoints: a local folder or an object-store URI
+    (``s3://bucket/prefix``) with a working copy under ``state/cache/models``."""
+
+    root: str = Field(description="Folder or s3:// URI that holds checkpoints, weights and tokenizers")
+
+    def store(self) -> ModelStore:
+        """boto3's option names."""
+        opts = self._options(
+            "endpoint_url", "aws_access_key_id", "aws_secret_access_key", "region_name", "allow_http"
+        )
+        opts.pop("allow_http", None)  # boto3 reads the scheme of endpoint_url
+        return ModelStore(self.root, state_dir() / "cache" / "models", opts)
 
 
 class BartResource(dg.ConfigurableResource):
@@ -334,6 +358,11 @@ def build_resources() -> dict[str, object]:
         ),
         "lancedb": LanceDBResource(
             uri=_env_or("HM_LANCEDB_URI", str(state_dir() / "lancedb")),
+            aws_allow_http=bool(aws.get("aws_endpoint_url")),
+            **aws,
+        ),
+        "models": ModelStoreResource(
+            root=_env_or("HM_MODELS_URI", str(models_dir())),
             aws_allow_http=bool(aws.get("aws_endpoint_url")),
             **aws,
         ),

@@ -979,3 +979,18 @@ def bert_score(
 
 def settings_dict(s) -> dict:
     return dataclasses.asdict(s)
+
+
+def fitted_models(store, variant: str) -> list[Path]:
+    """The local folders of the variant's fitted models in the model store (``hm_recs.artifacts``),
+    oldest cutoff first; fetched from a remote store."""
+    from hm_recs.artifacts import bart_key
+    from hm_recs.sessions.split import FIT_TARGETS
+
+    keys = [f"{bart_key(variant, t)}/model" for t in FIT_TARGETS]
+    found = [store.pull(k) for k in keys if store.exists(f"{k}/hm_recs.json")]
+    if not found:
+        raise FileNotFoundError(
+            f"no BART model at {store.uri(bart_key(variant, '*'))}: materialize bart_model_{variant} first"
+        )
+    return found

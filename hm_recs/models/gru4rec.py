@@ -887,3 +887,16 @@ def train_resumable(
     model = GRU4Rec.load(latest, device) if latest is not None else GRU4Rec(cfg, items, support, device)
     model.fit(data, checkpoint_dir=folder, progress=progress, on_epoch=on_epoch)
     return model, latest is not None
+
+
+def load_fitted(store, target: str, device="cpu") -> GRU4Rec:
+    """The model fitted for ``target`` from the model store (``hm_recs.artifacts``); the test week
+    falls back to the validation model when no refit was trained for it."""
+    from hm_recs.artifacts import gru4rec_key
+
+    for name in (target, "validation") if target == "test" else (target,):
+        if store.exists(f"{gru4rec_key(name)}/model.pt"):
+            return GRU4Rec.load(store.pull(gru4rec_key(name)) / "model.pt", device)
+    raise FileNotFoundError(
+        f"no GRU4Rec model at {store.uri(gru4rec_key(target))}: materialize gru4rec_model first"
+    )

@@ -466,3 +466,157 @@ def reconstruction_grid(model: VQModel, image_paths: Sequence[str | Path], n: in
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# the stored models: base -> fine-tuned, through the model store
+# ---------------------------------------------------------------------------------------------
+def finetune_stored(
+    store, train: Sequence[str], settings: TrainingSettings, spec: DeviceSpec, data_version
+) -> tuple[VQModel, TrainingResult, dict, TrainingSettings]:
+    """The model store's base VQGAN fine-tuned on ``train``: checkpoints and the fine-tuned weights
+    go back to the store. ``settings.codebook_init`` ``auto`` is k-means for a from-config base
+    and none for a pretrained one. Returns the model, the result, the base's notes and the
+    settings as run."""
+    from hm_recs.artifacts import VQGAN_BASE, VQGAN_CHECKPOINTS, VQGAN_FINETUNED
+    from hm_recs.models.vqgan import load_model, save_model
+    from hm_recs.training import fingerprint
+
+    base, extra = load_model(store.pull(VQGAN_BASE, required=True))
+    if settings.codebook_init == "auto":
+        settings = dataclasses.replace(
+            settings, codebook_init="none" if extra.get("pretrained") else "kmeans"
+        )
+    key = fingerprint(
+        base.cfg.to_dict(), dataclasses.asdict(settings), len(train), data_version, extra.get("source")
+    )
+    model, result = train_vqgan(
+        base.cfg,
+        list(train),
+        store.pull(VQGAN_CHECKPOINTS),  # a killed run's checkpoints, from any worker
+        settings,
+        spec,
+        init_state=base.state_dict(),
+        fingerprint=key,
+        perceptual_calibrated=bool(extra.get("perceptual_calibrated")),
+    )
+    store.push(VQGAN_CHECKPOINTS)
+    save_model(model, store.path(VQGAN_FINETUNED), extra={**extra, "steps": result.steps})
+    store.push(VQGAN_FINETUNED)
+    return model, result, extra, settings
+
+
+def training_plots(
+    model: VQModel, result: TrainingResult, grid_images: Sequence[str]
+) -> dict[str, tuple[bytes, str]]:
+    """name -> (PNG, title): the reconstruction loss (the paper's Figure 4), the GAN losses after
+    the discriminator started, and held-out originals over their reconstructions (Figure 5)."""
+    from hm_recs.plots import line_plot
+    from hm_recs.training import smoothed
+
+    plots = {}
+    rec = result.history.get("rec_loss", [])
+    if rec:
+        png = line_plot(
+            {"reconstruction loss": smoothed(rec, 50)}, "VQGAN fine-tuning (Figure 4)", "step", "L1 (+ LPIPS)"
+        )
+        plots["vqgan_loss"] = (png, "Reconstruction loss")
+    g, d = result.history.get("g_loss", []), result.history.get("disc_loss", [])
+    if g and d:
+        sg, sd = smoothed(g, 50), smoothed(d, 50)
+        offset = len(g) - len(sg)
+        steps = [result.disc_start + offset + i for i in range(len(sg))]
+        png = line_plot(
+            {"generator (-D(x_rec))": sg, "discriminator (hinge)": sd},
+            "VQGAN GAN losses",
+            "step",
+            "loss",
+            x=steps,
+        )
+        plots["vqgan_gan_losses"] = (png, "Generator and discriminator losses after disc_start")
+    grid = reconstruction_grid(model, grid_images)
+    if grid:
+        plots["vqgan_reconstructions"] = (
+            grid,
+            "Held-out originals (top) and reconstructions (bottom), Figure 5",
+        )
+    return plots
+
+
+def compare_reconstructions(models: dict[str, Path], images: Sequence[str], device) -> list[dict]:
+    """PSNR, SSIM and LPIPS of each stored model (name -> weights) on the same images (Table 3's
+    rows); LPIPS with the checkpoint's own trunk when it carries one."""
+    from hm_recs.models.vqgan import load_model
+
+    rows = []
+    for name, weights in models.items():
+        model, extra = load_model(weights)
+        prefix = "loss.perceptual_loss.net."
+        trunk = (
+            {k.removeprefix(prefix): v for k, v in model.state_dict().items() if k.startswith(prefix)}
+            if extra.get("perceptual_trunk_loaded")
+            else None
+        )
+        s = reconstruction_scores(model, images, device, trunk_state=trunk)
+        rows.append(
+            {
+                "model": name,
+                "images": s.images,
+                "PSNR": round(s.psnr, 3),
+                "SSIM": round(s.ssim, 4),
+                "LPIPS": None if s.lpips is None else round(s.lpips, 5),
+                "LPIPS note": s.lpips_note,
+            }
+        )
+    return rows
+
+
+@dataclass
+class ImageTokens:
+    tokens: object  # pa.Table: article_id, status, tokens, token_grid, model_version
+    codebook: object  # pa.Table: code, embedding, model_version
+    codes_used: int
+    tokenized: int
+    unreadable: int
+    without_tokens: int
+
+
+def image_token_tables(
+    model: VQModel, manifest, data_dir: str | Path, device, batch_size: int, version: str
+) -> ImageTokens:
+    """Every manifest row's codes (``status`` ``corrupt`` where a listed photo fails to decode, no
+    tokens where there is none) and the codebook embeddings, both stamped with the model version."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ok = pc.equal(manifest.column("status"), "ok").to_numpy(zero_copy_only=False)
+    paths = [str(Path(data_dir) / p) for p in np.asarray(manifest.column("path").to_pylist())[ok]]
+    codes, failed = tokenize_images(model, paths, device, batch_size)
+    all_codes: list = [None] * manifest.num_rows
+    status = manifest.column("status").to_pylist()
+    for i, c in zip(np.flatnonzero(ok), codes, strict=True):
+        if c is None:
+            status[i] = "corrupt"
+        else:
+            all_codes[i] = c.reshape(-1).tolist()
+    n = manifest.num_rows
+    tokens = pa.table(
+        {
+            "article_id": manifest.column("article_id"),
+            "status": pa.array(status, pa.string()),
+            "tokens": pa.array(all_codes, pa.list_(pa.int16())),
+            "token_grid": pa.array([model.cfg.token_grid] * n, pa.int16()),
+            "model_version": pa.array([version] * n, pa.string()),
+        }
+    )
+    emb = model.quantize.embedding.weight.detach().cpu().numpy()
+    codebook = pa.table(
+        {
+            "code": pa.array(np.arange(len(emb)), pa.int16()),
+            "embedding": pa.array(emb.tolist(), pa.list_(pa.float32())),
+            "model_version": pa.array([version] * len(emb)),
+        }
+    )
+    found = [c.reshape(-1) for c in codes if c is not None]
+    used = len(np.unique(np.concatenate(found))) if found else 0
+    return ImageTokens(tokens, codebook, used, len(found), failed, sum(c is None for c in all_codes))

@@ -100,19 +100,12 @@ def load_bundle_recommender(folder: Path, device: str = "cpu"):
         return GRU4RecRecommender(GRU4Rec.load(folder / "model.pt", device), mode="warm")
     if kind == "bart":
         from hm_recs.models.bart import VARIANTS, SequenceCodec, load_bart
-        from hm_recs.retrieval.bart_recommender import BartRecommender, catalogue_from_tables
+        from hm_recs.retrieval.bart_recommender import BartRecommender
+        from hm_recs.retrieval.catalogue import CatalogueTables
         from hm_recs.retrieval.item_index import ItemIndex
         from hm_recs.retrieval.item_space import SPACE_KEY, space_from_settings
 
-        def optional(name, read):
-            return read(folder / name) if (folder / name).exists() else None
-
-        catalogue = catalogue_from_tables(
-            pd.read_parquet(folder / "articles.parquet"),
-            optional("tokens.parquet", pd.read_parquet),
-            optional("codebook.npy", np.load),
-            optional("semantic_ids.parquet", pd.read_parquet),
-        )
+        catalogue = CatalogueTables.from_folder(folder).catalogue()
         tok, model, notes = load_bart(folder / "model", device)
         codec = SequenceCodec(catalogue, VARIANTS[settings["variant"]], tok, notes.get("max_source_tokens"))
         method = settings.get("grounding", "constrained")

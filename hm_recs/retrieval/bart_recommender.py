@@ -20,35 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hm_recs.models.bart import Catalogue, SequenceCodec, generate, item_text
+from hm_recs.models.bart import SequenceCodec, generate
 from hm_recs.retrieval.constrained import ItemTrie, constrained_beam_search
 
 GROUNDING_METHODS = ("constrained", "nearest")
-
-
-def catalogue_from_tables(
-    articles: pd.DataFrame,
-    tokens: pd.DataFrame | None = None,
-    codebook: np.ndarray | None = None,
-    semantic_ids: pd.DataFrame | None = None,
-) -> Catalogue:
-    """Texts by ``article_idx`` from the article features, image codes from the image tokens,
-    semantic IDs from the semantic-ID table (one list column per set)."""
-    articles = articles.sort_values("article_idx")
-    texts = [item_text(r) for r in articles.to_dict("records")]
-    codes: list = [None] * len(texts)
-    if tokens is not None:
-        by_id = dict(zip(tokens["article_id"], tokens["tokens"], strict=True))
-        codes = [
-            None if by_id.get(a) is None else np.asarray(by_id[a], np.int64) for a in articles["article_id"]
-        ]
-    sids = {}
-    if semantic_ids is not None:
-        table = semantic_ids.set_index("article_id").reindex(articles["article_id"])
-        for which in ("multimodal", "text"):
-            if which in table.columns and not table[which].isna().any():
-                sids[which] = np.stack([np.asarray(v, np.int64) for v in table[which]])
-    return Catalogue(texts, codes, codebook, 0 if codebook is None else len(codebook), sids)
 
 
 def merge_rankings(candidate_lists: Sequence[Sequence[int]], k: int) -> np.ndarray:

@@ -139,3 +139,11 @@ def residual_kmeans(vectors: np.ndarray, settings: SemanticIdSettings = Semantic
         codes[i, -1] = seen.get(prefix, 0)
         seen[prefix] = codes[i, -1] + 1
     return SemanticIds(codes, centroids, k)
+
+
+def catalogue_vocabulary(catalogue) -> list[str]:
+    """Every semantic-ID token a catalogue's codes use (none without semantic IDs)."""
+    if not catalogue.semantic_ids:
+        return []
+    codes = np.concatenate(list(catalogue.semantic_ids.values()))
+    return vocabulary(codes.shape[1] - 1, int(codes[:, :-1].max()) + 1, int(codes[:, -1].max()) + 1)

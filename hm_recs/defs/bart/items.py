@@ -7,11 +7,13 @@ import numpy as np
 import pyarrow as pa
 
 from hm_recs.defs.ingest.assets import article_features
-from hm_recs.defs.metadata import markdown_table, table_metadata
+from hm_recs.defs.metadata import table_metadata
 from hm_recs.defs.resources import ComputeResource, LakeResource, LanceDBResource
 from hm_recs.defs.vqgan.assets import image_tokens
 from hm_recs.models.bart import item_text
 from hm_recs.profiles import TORCH_STEP
+from hm_recs.reports import markdown_table
+from hm_recs.retrieval.catalogue import CatalogueTables
 from hm_recs.retrieval.item_index import IndexSettings, ItemIndex, build_index
 from hm_recs.retrieval.item_space import (
     DEFAULT_IMAGE_WEIGHT,
@@ -22,22 +24,7 @@ from hm_recs.retrieval.item_space import (
     space_settings,
 )
 from hm_recs.retrieval.semantic_ids import SemanticIdSettings, residual_kmeans
-from hm_recs.tables import ARTICLE_FEATURES, CODEBOOK, IMAGE_TOKENS, SEMANTIC_IDS
-
-
-def read_codebook(lk) -> np.ndarray | None:
-    if not lk.exists(CODEBOOK):
-        return None
-    cb = lk.read(CODEBOOK).to_pandas().sort_values("code")
-    return np.stack(cb["embedding"].to_numpy()).astype(np.float32)
-
-
-def read_image_codes(lk, article_ids) -> list:
-    if not lk.exists(IMAGE_TOKENS):
-        return [None] * len(article_ids)
-    tokens = lk.read(IMAGE_TOKENS, columns=["article_id", "tokens"]).to_pandas()
-    by_id = dict(zip(tokens["article_id"], tokens["tokens"], strict=True))
-    return [None if by_id.get(a) is None else np.asarray(by_id[a], np.int64) for a in article_ids]
+from hm_recs.tables import ARTICLE_FEATURES, SEMANTIC_IDS
 
 
 class ItemIndexConfig(dg.Config):
@@ -77,17 +64,13 @@ def item_index(
     vector and their join (the item space grounding and the semantic IDs use), with an ANN index
     and full-text search."""
     lk = lake.lake()
-    articles = lk.read(ARTICLE_FEATURES).to_pandas().sort_values("article_idx")
+    tables = CatalogueTables.from_lake(lk)
+    articles, codebook = tables.articles, tables.codebook
     texts = [item_text(r) for r in articles.to_dict("records")]
-    codebook = read_codebook(lk)
     t0 = time.perf_counter()
     encoder = TextEncoder(config.text_encoder, compute.spec().torch_device())
     text = encoder.encode(texts, progress=True)
-    image = (
-        image_vectors(read_image_codes(lk, articles["article_id"].tolist()), codebook)
-        if codebook is not None
-        else None
-    )
+    image = image_vectors(tables.image_codes(), codebook) if codebook is not None else None
     space = ItemSpace(encoder, 0 if image is None else image.shape[1], config.image_weight)
     vectors = space.embed(texts, image) if image is not None else text
     rows = pa.table(

@@ -11,10 +11,11 @@ from dagster import AssetExecutionContext
 from hm_recs.baselines.popularity import VARIANTS, PopularityRecommender
 from hm_recs.data.delta import Lake
 from hm_recs.defs.ingest.assets import article_features, customer_features
-from hm_recs.defs.metadata import markdown_table, table_metadata
-from hm_recs.defs.registry.logged_models import log_recommender
+from hm_recs.defs.metadata import table_metadata
 from hm_recs.defs.resources import LakeResource, MLflowResource
 from hm_recs.defs.sessions.assets import sessions, time_split
+from hm_recs.registry.logged import log_recommender
+from hm_recs.reports import markdown_table
 from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.split import FIT_TARGETS, load_time_split
 from hm_recs.tables import ARTICLE_FEATURES, POPULARITY_TABLE, SESSIONS_TABLE

@@ -2,33 +2,37 @@
 protocol).
 """
 
-from pathlib import Path
-
 import dagster as dg
 import numpy as np
 from dagster import AssetExecutionContext
 
+from hm_recs.artifacts import gru4rec_key
 from hm_recs.defs.baselines.assets import load_popularity, popularity_baselines
 from hm_recs.defs.evaluation.assets import evaluation_events, metrics_are_sane, protocol_metadata
 from hm_recs.defs.ingest.assets import article_features
-from hm_recs.defs.metadata import image_metadata, table_metadata
-from hm_recs.defs.registry.logged_models import log_recommender, mlflow_metadata
-from hm_recs.defs.resources import ComputeResource, EvaluationProtocolResource, LakeResource, MLflowResource
+from hm_recs.defs.metadata import image_metadata, mlflow_metadata, table_metadata
+from hm_recs.defs.resources import (
+    ComputeResource,
+    EvaluationProtocolResource,
+    LakeResource,
+    MLflowResource,
+    ModelStoreResource,
+)
 from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.evaluation.metrics import DEFAULT_KS, paired_bootstrap_diff
 from hm_recs.evaluation.protocol import evaluate, metric_table
 from hm_recs.evaluation.weeks import load_target_weeks, metrics_table, write_metrics
 from hm_recs.models.gru4rec import (
     PRESETS,
-    GRU4Rec,
     GRU4RecRecommender,
     evaluation_data,
+    load_fitted,
     train_resumable,
     training_data,
 )
-from hm_recs.paths import models_dir
 from hm_recs.plots import line_plot
 from hm_recs.profiles import TORCH_STEP
+from hm_recs.registry.logged import log_recommender
 from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.split import fit_targets, load_time_split
 from hm_recs.tables import SESSIONS_TABLE
@@ -36,10 +40,6 @@ from hm_recs.training import fingerprint, loss_went_down
 
 TARGETS = ("validation", "test")
 PAPER_TABLE2 = {"Recall@20": 0.2532, "MRR@20": 0.1471}
-
-
-def gru4rec_dir(target: str) -> Path:
-    return models_dir() / "gru4rec" / target
 
 
 class GRU4RecTrainingConfig(dg.Config):
@@ -93,15 +93,16 @@ def gru4rec_model(
     lake: LakeResource,
     compute: ComputeResource,
     mlflow: MLflowResource,
+    models: ModelStoreResource,
 ) -> dg.MaterializeResult:
     """GRU4Rec trained on the weekly sessions: one model on the data before the validation week
     (model selection), with ``refit_for_test`` one on the data before the test week (the reported
     numbers) and with ``refit_for_serving`` one on every week, which is registered as
     ``hm_recs_gru4rec`` (warm mode: whole history) and served. A checkpoint per epoch; a re-run
     after a kill resumes from the last finished epoch. One MLflow run."""
-    lk = lake.lake()
+    lk, store = lake.lake(), models.store()
     with mlflow.run(context, "gru4rec_model", lk, (SESSIONS_TABLE,)) as run:
-        result = _train_gru4rec(context, config, lk, compute, run)
+        result = _train_gru4rec(context, config, lk, compute, run, store)
         served = fit_targets(config.refit_for_test, config.refit_for_serving)[-1]
         version = log_recommender(
             run,
@@ -109,7 +110,7 @@ def gru4rec_model(
             "gru4rec",
             "gru4rec",
             config.gru4rec_config().to_dict(),
-            {"model.pt": gru4rec_dir(served) / "model.pt"},
+            {"model.pt": store.path(gru4rec_key(served)) / "model.pt"},
             trained_before=load_time_split(lk).cutoff(served),
         )
         result.metadata.update(mlflow_metadata(mlflow, run, version))
@@ -117,7 +118,7 @@ def gru4rec_model(
 
 
 def _train_gru4rec(
-    context, config: GRU4RecTrainingConfig, lk, compute: ComputeResource, run
+    context, config: GRU4RecTrainingConfig, lk, compute: ComputeResource, run, store
 ) -> dg.MaterializeResult:
     cfg = config.gru4rec_config()
     device = compute.spec().torch_device()
@@ -152,11 +153,12 @@ def _train_gru4rec(
             run.log_metrics(
                 {f"train_loss_{target}_model": loss, f"{target}_events_per_second": rate}, step=epoch
             )
+            store.push(gru4rec_key(target))  # the epoch's checkpoint survives the worker
 
-        model, resumed = train_resumable(
-            data, items, support, cfg, gru4rec_dir(target), run_key, device, on_epoch=report
-        )
-        model.save(gru4rec_dir(target) / "model.pt")
+        folder = store.pull(gru4rec_key(target))  # a killed run's checkpoints, from any worker
+        model, resumed = train_resumable(data, items, support, cfg, folder, run_key, device, on_epoch=report)
+        model.save(folder / "model.pt")
+        store.push(gru4rec_key(target))
         run.log_metrics({"n_parameters": sum(p.numel() for p in model.net.parameters())})
         h = model.history
         losses[target] = h.epoch_loss
@@ -171,7 +173,7 @@ def _train_gru4rec(
                 ),
                 f"{target}_training_seconds": dg.MetadataValue.float(float(sum(h.epoch_seconds))),
                 f"{target}_resumed": dg.MetadataValue.bool(resumed),
-                f"{target}_model_path": dg.MetadataValue.path(str(gru4rec_dir(target) / "model.pt")),
+                f"{target}_model": dg.MetadataValue.path(f"{store.uri(gru4rec_key(target))}/model.pt"),
             }
         )
     plot = line_plot(losses, "GRU4Rec training loss", "epoch", f"{cfg.loss} per event")
@@ -189,15 +191,6 @@ def _train_gru4rec(
             )
         ],
     )
-
-
-def load_gru4rec(target: str, device="cpu") -> GRU4Rec:
-    path = gru4rec_dir(target) / "model.pt"
-    if not path.exists() and target == "test":
-        path = gru4rec_dir("validation") / "model.pt"  # trained without a refit for the test week
-    if not path.exists():
-        raise FileNotFoundError(f"no GRU4Rec model at {path}: materialize gru4rec_model first")
-    return GRU4Rec.load(path, device)
 
 
 def table2_markdown(rows: dict[str, dict]) -> str:
@@ -240,6 +233,7 @@ def gru4rec_evaluation(
     lake: LakeResource,
     compute: ComputeResource,
     evaluation_protocol: EvaluationProtocolResource,
+    models: ModelStoreResource,
 ) -> dg.MaterializeResult:
     """GRU4Rec judged twice: the authors' protocol (the paper's Table 2 layout: conservative ties,
     zero state per session, events with unseen items skipped) and the shared protocol with POP
@@ -252,7 +246,7 @@ def gru4rec_evaluation(
     weeks = load_target_weeks(lk, protocol, purchases=purchases, split=split)
     table2, results = {}, []
     for target in TARGETS:
-        model = load_gru4rec(target, device)
+        model = load_fitted(models.store(), target, device)
         data, skipped = evaluation_data(model, purchases, *split.window(target), model.cfg.repeats)
         table2[target] = model.evaluate_sessions(data, skipped=skipped)
         for mode in ("session", "warm"):

@@ -9,10 +9,11 @@ from hm_recs.data.images import build_image_manifest
 from hm_recs.data.preprocess import article_features as build_article_features
 from hm_recs.data.preprocess import customer_features as build_customer_features
 from hm_recs.data.schema import ARTICLES, CUSTOMERS, TRANSACTIONS, TableContract, find_table_file
-from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
+from hm_recs.defs.metadata import image_metadata, table_metadata
 from hm_recs.defs.partitions import add_weeks
 from hm_recs.defs.resources import HMDataResource, LakeResource
 from hm_recs.plots import daily_counts
+from hm_recs.reports import markdown_table
 from hm_recs.tables import ARTICLE_FEATURES, CUSTOMER_FEATURES, IMAGE_MANIFEST
 
 GROUP = "ingest"

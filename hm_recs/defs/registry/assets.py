@@ -8,8 +8,7 @@ from dagster import AssetExecutionContext
 from hm_recs.defs.bart.evaluation import bart_evaluation
 from hm_recs.defs.evaluation.assets import popularity_evaluation
 from hm_recs.defs.gru4rec.assets import gru4rec_evaluation
-from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
-from hm_recs.defs.registry.logged_models import cached_serving_data, mlflow_metadata
+from hm_recs.defs.metadata import image_metadata, mlflow_metadata, table_metadata
 from hm_recs.defs.resources import EvaluationProtocolResource, LakeResource, MLflowResource
 from hm_recs.evaluation.protocol import comparison_markdown
 from hm_recs.evaluation.weeks import MODEL_FAMILIES, metrics_table, read_metrics
@@ -26,6 +25,7 @@ from hm_recs.registry.comparison import (
     rescore_champion,
     training_facts,
 )
+from hm_recs.registry.logged import cached_serving_data
 from hm_recs.registry.registry import CHAMPION, RECOMMENDER, current_champion, load_champion
 from hm_recs.registry.serving import (
     FALLBACK,
@@ -34,6 +34,7 @@ from hm_recs.registry.serving import (
     unknown_customer_answer,
     write_submission,
 )
+from hm_recs.reports import markdown_table
 from hm_recs.sessions.split import load_time_split
 from hm_recs.tables import BART_TEXT_TABLE, COMPARISON_TABLE, RECOMMENDATIONS_TABLE, UNKNOWN_TABLE
 

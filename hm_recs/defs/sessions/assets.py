@@ -12,9 +12,10 @@ from dagster_pyspark import PySparkResource
 from hm_recs.data.ingest import clean_table_name
 from hm_recs.data.schema import TRANSACTIONS
 from hm_recs.defs.ingest.assets import clean_transactions
-from hm_recs.defs.metadata import markdown_table, table_metadata
+from hm_recs.defs.metadata import table_metadata
 from hm_recs.defs.partitions import weekly_partitions
 from hm_recs.defs.resources import LakeResource
+from hm_recs.reports import markdown_table
 from hm_recs.sessions.sessionize import read_delta, sessionize, write_sessions
 from hm_recs.sessions.split import SPLITS, TimeSplit
 from hm_recs.tables import SESSIONS_TABLE, TIME_SPLIT_TABLE

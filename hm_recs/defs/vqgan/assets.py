@@ -1,5 +1,6 @@
 """VQGAN: the base model, its fine-tuning on the product photos, reconstruction quality, and image tokens."""
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -9,10 +10,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext
 
+from hm_recs.artifacts import VQGAN_BASE, VQGAN_FINETUNED
 from hm_recs.defs.ingest.assets import image_manifest
-from hm_recs.defs.metadata import image_metadata, markdown_table, table_metadata
-from hm_recs.defs.registry.logged_models import log_vqgan, mlflow_metadata
-from hm_recs.defs.resources import ComputeResource, HMDataResource, LakeResource, MLflowResource
+from hm_recs.defs.metadata import image_metadata, mlflow_metadata, table_metadata
+from hm_recs.defs.resources import (
+    ComputeResource,
+    HMDataResource,
+    LakeResource,
+    MLflowResource,
+    ModelStoreResource,
+)
 from hm_recs.models.vqgan import (
     CONFIGS,
     VQModel,
@@ -23,21 +30,17 @@ from hm_recs.models.vqgan import (
 )
 from hm_recs.models.vqgan_training import (
     TrainingSettings,
+    compare_reconstructions,
+    finetune_stored,
     held_out,
-    reconstruction_grid,
-    reconstruction_scores,
-    tokenize_images,
-    train_vqgan,
+    image_token_tables,
+    training_plots,
 )
-from hm_recs.paths import models_dir
-from hm_recs.plots import line_plot
 from hm_recs.profiles import TORCH_STEP
+from hm_recs.registry.logged import log_vqgan
+from hm_recs.reports import markdown_table
 from hm_recs.tables import CODEBOOK, IMAGE_MANIFEST, IMAGE_TOKENS, VQGAN_EVALUATION_TABLE
-from hm_recs.training import fingerprint, loss_went_down
-
-
-def vqgan_dir() -> Path:
-    return models_dir() / "vqgan"
+from hm_recs.training import loss_went_down
 
 
 class VQGANBaseConfig(dg.Config):
@@ -50,7 +53,7 @@ class VQGANBaseConfig(dg.Config):
 
 
 @dg.asset(group_name="models", kinds={"pytorch"}, deps=[image_manifest])
-def vqgan_base_model(config: VQGANBaseConfig) -> dg.MaterializeResult:
+def vqgan_base_model(config: VQGANBaseConfig, models: ModelStoreResource) -> dg.MaterializeResult:
     """The starting point of fine-tuning: an official ImageNet checkpoint when ``pretrained`` names
     one (the paper's choice), else the architecture initialised from its config (offline default)."""
     import torch
@@ -70,7 +73,8 @@ def vqgan_base_model(config: VQGANBaseConfig) -> dg.MaterializeResult:
         "perceptual_trunk_loaded": bool(loaded.get("perceptual_trunk_loaded")),
         "perceptual_calibrated": bool(model.loss.perceptual_calibrated),
     }
-    path = save_model(model, vqgan_dir() / "base.safetensors", extra=extra)
+    store = models.store()
+    save_model(model, store.path(VQGAN_BASE), extra=extra)
     return dg.MaterializeResult(
         metadata={
             "config_name": config.config_name,
@@ -79,7 +83,7 @@ def vqgan_base_model(config: VQGANBaseConfig) -> dg.MaterializeResult:
             "token_grid": cfg.token_grid,
             "source": source,
             "parameters_autoencoder": count_parameters(model) - count_parameters(model.loss),
-            "path": dg.MetadataValue.path(str(path)),
+            "path": dg.MetadataValue.path(store.push(VQGAN_BASE)),
         }
     )
 
@@ -100,6 +104,23 @@ class VQGANFinetuneConfig(dg.Config):
     # "auto": k-means codebook init when the base model is not a pretrained checkpoint; or kmeans | none
     codebook_init: str = "auto"
     restart_dead_every: int = 50  # steps; a code unused for that long moves onto an encoder output (0: off)
+
+    def settings(self, n_train: int) -> TrainingSettings:
+        steps = self.max_steps
+        if self.epochs:
+            steps = max(1, int(np.ceil(n_train / self.batch_size * self.epochs)))
+        return TrainingSettings(
+            steps,
+            self.batch_size,
+            self.base_learning_rate,
+            self.accumulate,
+            self.checkpoint_every,
+            self.num_workers,
+            self.seed,
+            self.disc_start_fraction,
+            self.codebook_init,
+            self.restart_dead_every,
+        )
 
 
 def _usable_images(lake, data_dir: str):
@@ -129,84 +150,49 @@ def vqgan_finetuned_model(
     lake: LakeResource,
     compute: ComputeResource,
     mlflow: MLflowResource,
+    models: ModelStoreResource,
 ) -> dg.MaterializeResult:
     """The base VQGAN fine-tuned on the product photos (all but the ~5 % held out for evaluation),
     with taming's GAN training under Lightning 2; checkpoints every ``checkpoint_every`` steps and
     resumes after a kill. One MLflow run; registered as ``hm_recs_vqgan`` (image path -> tokens)."""
     lk = lake.lake()
     with mlflow.run(context, "vqgan_finetuned_model", lk, (IMAGE_MANIFEST,)) as run:
-        result, path, plots = _finetune(context, config, hm_data, lk, compute, run)
+        result, weights, plots = _finetune(context, config, hm_data, lk, compute, run, models.store())
         for name, png in plots.items():
             run.log_image(png, f"{name}.png")
-        version = log_vqgan(run, path)
+        version = log_vqgan(run, weights)
         result.metadata.update(mlflow_metadata(mlflow, run, version))
     return result
 
 
 def _finetune(
-    context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk, compute: ComputeResource, run
+    context, config: VQGANFinetuneConfig, hm_data: HMDataResource, lk, compute: ComputeResource, run, store
 ):
-    base, extra = load_model(vqgan_dir() / "base.safetensors")
     ids, paths = _usable_images(lk, hm_data.data_dir)
     train = [p for a, p in zip(ids, paths, strict=True) if not held_out(a)]
     if config.max_images:
         train = train[: config.max_images]
     if not train:
         raise ValueError("no usable product photo to train on: check image_manifest")
-    steps = config.max_steps
-    if config.epochs:
-        steps = max(1, int(np.ceil(len(train) / config.batch_size * config.epochs)))
-    init = config.codebook_init
-    if init == "auto":
-        init = "none" if extra.get("pretrained") else "kmeans"
-    settings = TrainingSettings(
-        steps,
-        config.batch_size,
-        config.base_learning_rate,
-        config.accumulate,
-        config.checkpoint_every,
-        config.num_workers,
-        config.seed,
-        config.disc_start_fraction,
-        init,
-        config.restart_dead_every,
-    )
     spec = compute.spec()
-    run_key = fingerprint(
-        base.cfg.to_dict(),
-        dataclass_dict(settings),
-        len(train),
-        lk.version(IMAGE_MANIFEST),
-        extra.get("source"),
+    context.log.info(f"fine-tuning on {len(train)} images on {spec.describe()}")
+    model, result, extra, settings = finetune_stored(
+        store, train, config.settings(len(train)), spec, lk.version(IMAGE_MANIFEST)
     )
-    context.log.info(f"fine-tuning on {len(train)} images for {steps} steps on {spec.describe()}")
+    context.log.info(
+        f"perceptual (LPIPS) term: {result.perceptual}; discriminator from step {result.disc_start}"
+    )
     run.log_params(
         {
-            **base.cfg.to_dict(),
-            **dataclass_dict(settings),
+            **model.cfg.to_dict(),
+            **dataclasses.asdict(settings),
             "training_images": len(train),
             "base_source": extra.get("source"),
             "device": spec.describe(),
         }
     )
-    model, result = train_vqgan(
-        base.cfg,
-        train,
-        vqgan_dir() / "finetune",
-        settings,
-        spec,
-        init_state=base.state_dict(),
-        fingerprint=run_key,
-        perceptual_calibrated=bool(extra.get("perceptual_calibrated")),
-    )
-    context.log.info(
-        f"perceptual (LPIPS) term: {result.perceptual}; discriminator from step {result.disc_start}"
-    )
-    path = save_model(model, vqgan_dir() / "finetuned.safetensors", extra={**extra, "steps": result.steps})
-    rec = result.history.get("rec_loss", [])
     for key, values in result.history.items():
         run.log_curve(key, values)
-    plots = {}
     meta = {
         "steps": result.steps,
         "resumed_from_step": result.resumed_from_step,
@@ -219,32 +205,13 @@ def _finetune(
         "codes_used": (result.history.get("codes_used") or [0.0])[-1],
         "codes_restarted": result.codes_restarted,
         "device": spec.describe(),
-        "path": dg.MetadataValue.path(str(path)),
+        "path": dg.MetadataValue.path(store.uri(VQGAN_FINETUNED)),
     }
-    if rec:
-        window = max(1, len(rec) // 50)
-        smooth = np.convolve(rec, np.ones(window) / window, mode="valid").tolist()
-        plots["vqgan_loss"] = line_plot(
-            {"reconstruction loss": smooth}, "VQGAN fine-tuning (Figure 4)", "step", "L1 (+ LPIPS)"
-        )
-        meta.update(image_metadata(plots["vqgan_loss"], "vqgan_loss", "Reconstruction loss"))
-        gan = gan_curves(result.history, result.disc_start)
-        if gan:
-            plots["vqgan_gan_losses"] = gan
-            meta.update(
-                image_metadata(gan, "vqgan_gan_losses", "Generator and discriminator losses after disc_start")
-            )
-    grid = reconstruction_grid(model, [p for a, p in zip(ids, paths, strict=True) if held_out(a)] or train)
-    if grid:
-        plots["vqgan_reconstructions"] = grid
-        meta.update(
-            image_metadata(
-                grid,
-                "vqgan_reconstructions",
-                "Held-out originals (top) and reconstructions (bottom), Figure 5",
-            )
-        )
-    went_down, head, tail = loss_went_down(rec)
+    held = [p for a, p in zip(ids, paths, strict=True) if held_out(a)] or train
+    plots = training_plots(model, result, held)
+    for name, (png, title) in plots.items():
+        meta.update(image_metadata(png, name, title))
+    went_down, head, tail = loss_went_down(result.history.get("rec_loss", []))
     run.log_metrics(
         {
             "n_parameters": count_parameters(model),
@@ -254,44 +221,17 @@ def _finetune(
             "rec_loss_last_10pct": tail,
         }
     )
-    result_ = dg.MaterializeResult(
-        metadata=meta,
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="reconstruction_loss_decreased",
-                passed=went_down,
-                metadata={"first_10pct": head, "last_10pct": tail},
-            )
-        ],
+    check = dg.AssetCheckResult(
+        check_name="reconstruction_loss_decreased",
+        passed=went_down,
+        metadata={"first_10pct": head, "last_10pct": tail},
     )
-    return result_, path, plots
-
-
-def gan_curves(history: dict, disc_start: int) -> bytes | None:
-    """The generator's and the discriminator's losses from the step the discriminator started."""
-    g, d = history.get("g_loss", []), history.get("disc_loss", [])
-    if not g or not d:
-        return None
-    window = max(1, len(g) // 50)
-
-    def smooth(values):
-        return np.convolve(values, np.ones(window) / window, mode="valid").tolist()
-
-    sg, sd = smooth(g), smooth(d)
-    steps = [disc_start + window + i for i in range(len(sg))]
-    return line_plot(
-        {"generator (-D(x_rec))": sg, "discriminator (hinge)": sd},
-        "VQGAN GAN losses",
-        "step",
-        "loss",
-        x=steps,
+    weights = store.path(VQGAN_FINETUNED)
+    return (
+        dg.MaterializeResult(metadata=meta, check_results=[check]),
+        weights,
+        {k: v[0] for k, v in plots.items()},
     )
-
-
-def dataclass_dict(obj) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 class VQGANEvaluationConfig(dg.Config):
@@ -313,7 +253,11 @@ class VQGANEvaluationConfig(dg.Config):
     ],
 )
 def vqgan_evaluation(
-    config: VQGANEvaluationConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource
+    config: VQGANEvaluationConfig,
+    hm_data: HMDataResource,
+    lake: LakeResource,
+    compute: ComputeResource,
+    models: ModelStoreResource,
 ) -> dg.MaterializeResult:
     """PSNR, SSIM and LPIPS of the base and the fine-tuned model on the same held-out photos,
     side by side like the paper's Table 3. LPIPS is reported only when it is calibrated."""
@@ -321,29 +265,11 @@ def vqgan_evaluation(
     device = compute.spec().torch_device()
     ids, paths = _usable_images(lk, hm_data.data_dir)
     held = [p for a, p in zip(ids, paths, strict=True) if held_out(a)][: config.max_images]
-    rows = []
-    for name in ("base", "finetuned"):
-        model, extra = load_model(vqgan_dir() / f"{name}.safetensors")
-        trunk = (
-            {
-                k.removeprefix("loss.perceptual_loss.net."): v
-                for k, v in model.state_dict().items()
-                if k.startswith("loss.perceptual_loss.net.")
-            }
-            if extra.get("perceptual_trunk_loaded")
-            else None
-        )
-        s = reconstruction_scores(model, held, device, trunk_state=trunk)
-        rows.append(
-            {
-                "model": name,
-                "images": s.images,
-                "PSNR": round(s.psnr, 3),
-                "SSIM": round(s.ssim, 4),
-                "LPIPS": None if s.lpips is None else round(s.lpips, 5),
-                "LPIPS note": s.lpips_note,
-            }
-        )
+    store = models.store()
+    weights = {
+        n: store.pull(k, required=True) for n, k in (("base", VQGAN_BASE), ("finetuned", VQGAN_FINETUNED))
+    }
+    rows = compare_reconstructions(weights, held, device)
     table = pa.Table.from_pylist(rows)
     lk.write(VQGAN_EVALUATION_TABLE, table)
     fine = rows[1]
@@ -383,62 +309,34 @@ class ImageTokensConfig(dg.Config):
     ],
 )
 def image_tokens(
-    config: ImageTokensConfig, hm_data: HMDataResource, lake: LakeResource, compute: ComputeResource
+    config: ImageTokensConfig,
+    hm_data: HMDataResource,
+    lake: LakeResource,
+    compute: ComputeResource,
+    models: ModelStoreResource,
 ) -> dg.MaterializeResult:
     """Every article's photo as a grid of VQGAN codes (Delta: article_id, status, tokens as a list
     of small ints, model version), plus the codebook embeddings. Articles without a usable photo get
     status ``missing`` / ``corrupt`` and no tokens."""
     lk = lake.lake()
     device = compute.spec().torch_device()
-    model, extra = load_model(vqgan_dir() / "finetuned.safetensors")
+    weights = models.store().pull(VQGAN_FINETUNED, required=True)
+    model, _ = load_model(weights)
     manifest = lk.read(IMAGE_MANIFEST, columns=["article_id", "path", "status"])
-    ok = pc.equal(manifest.column("status"), "ok").to_numpy(zero_copy_only=False)
-    paths = [str(Path(hm_data.data_dir) / p) for p in np.asarray(manifest.column("path").to_pylist())[ok]]
-    codes, failed = tokenize_images(model, paths, device, config.batch_size)
-    version = hashlib.sha256((vqgan_dir() / "finetuned.safetensors").read_bytes()).hexdigest()[:16]
-    all_codes: list = [None] * manifest.num_rows
-    status = manifest.column("status").to_pylist()
-    for i, c in zip(np.flatnonzero(ok), codes, strict=True):
-        if c is None:
-            status[i] = "corrupt"
-        else:
-            all_codes[i] = c.reshape(-1).tolist()
-    table = pa.table(
-        {
-            "article_id": manifest.column("article_id"),
-            "status": pa.array(status, pa.string()),
-            "tokens": pa.array(all_codes, pa.list_(pa.int16())),
-            "token_grid": pa.array([model.cfg.token_grid] * manifest.num_rows, pa.int16()),
-            "model_version": pa.array([version] * manifest.num_rows, pa.string()),
-        }
-    )
-    lk.write(IMAGE_TOKENS, table)
-    emb = model.quantize.embedding.weight.detach().cpu().numpy()
-    lk.write(
-        CODEBOOK,
-        pa.table(
-            {
-                "code": pa.array(np.arange(len(emb)), pa.int16()),
-                "embedding": pa.array(emb.tolist(), pa.list_(pa.float32())),
-                "model_version": pa.array([version] * len(emb)),
-            }
-        ),
-    )
-    used = (
-        np.unique(np.concatenate([c.reshape(-1) for c in codes if c is not None]))
-        if any(c is not None for c in codes)
-        else np.empty(0)
-    )
+    version = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    out = image_token_tables(model, manifest, hm_data.data_dir, device, config.batch_size, version)
+    lk.write(IMAGE_TOKENS, out.tokens)
+    lk.write(CODEBOOK, out.codebook)
     meta = table_metadata(lk, IMAGE_TOKENS, preview_columns=["article_id", "status", "model_version"])
     meta.update(
         {
             "tokens_per_image": model.cfg.tokens_per_image,
             "token_grid": model.cfg.token_grid,
-            "codes_used": int(len(used)),
+            "codes_used": out.codes_used,
             "codebook_size": model.cfg.n_embed,
-            "images_tokenized": int(sum(c is not None for c in codes)),
-            "images_unreadable": failed,
-            "articles_without_tokens": int(sum(c is None for c in all_codes)),
+            "images_tokenized": out.tokenized,
+            "images_unreadable": out.unreadable,
+            "articles_without_tokens": out.without_tokens,
             "model_version": version,
         }
     )
@@ -447,11 +345,11 @@ def image_tokens(
         check_results=[
             dg.AssetCheckResult(
                 check_name="codebook_usage",
-                passed=len(used) >= min(config.min_codes_used, model.cfg.n_embed),
+                passed=out.codes_used >= min(config.min_codes_used, model.cfg.n_embed),
                 metadata={
-                    "codes_used": int(len(used)),
+                    "codes_used": out.codes_used,
                     "codebook_size": model.cfg.n_embed,
-                    "share": len(used) / model.cfg.n_embed,
+                    "share": out.codes_used / model.cfg.n_embed,
                 },
             )
         ],

@@ -1,10 +1,8 @@
-"""Logging trained models to MLflow and registering them: the one path every training asset uses."""
+"""Logging trained models to MLflow and registering them: the one path every model family uses."""
 
 import datetime as dt
 import tempfile
 from pathlib import Path
-
-import dagster as dg
 
 from hm_recs.data.delta import Lake
 from hm_recs.registry.pyfunc import (
@@ -80,8 +78,45 @@ def log_vqgan(run: TrackedRun, weights: Path):
         )
 
 
-def mlflow_metadata(mlflow, run, version=None) -> dict:
-    meta = {"mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)), "mlflow_run_id": run.run_id}
-    if version is not None:
-        meta["registered_model"] = f"{version.name} v{version.version}"
-    return meta
+def log_bart(
+    run: TrackedRun,
+    lake: Lake,
+    variant: str,
+    settings: dict,
+    model: Path,
+    lancedb_uri: str,
+    evaluation: dict[str, list],
+):
+    """Register a BART variant with its grounding as ``hm_recs_bart_<variant>`` on its training run:
+    the model folder, the catalogue as it was read for evaluation (image codes, semantic IDs) and,
+    for nearest grounding, the item index (copied when local, by URI when in an object store).
+    ``evaluation``: the variant's ``samples``, BERTScore ``text_rows`` and protocol ``results``,
+    logged on the run beside the model."""
+    import json
+
+    from hm_recs.reports import markdown_table
+    from hm_recs.retrieval.catalogue import CatalogueTables
+
+    if evaluation.get("samples"):
+        run.log_text(markdown_table(evaluation["samples"]), "sample_generations.md")
+    for row in evaluation.get("text_rows", []):
+        run.log_metrics(
+            {
+                f"{row['week']}_bertscore_{k}": row[f"bertscore_{k}"]
+                for k in ("precision", "recall", "f1")
+                if f"bertscore_{k}" in row
+            }
+        )
+    for res in evaluation.get("results", []):
+        run.log_metrics({f"{res.week}_{m.replace('@', '_at_')}": v for m, (v, _, _) in res.metrics.items()})
+    trained_before = dt.date.fromisoformat(json.loads((model / "hm_recs.json").read_text())["trained_before"])
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"model": model, **CatalogueTables.from_lake(lake).write(Path(tmp))}
+        if settings["grounding"] == "nearest":
+            if "://" in lancedb_uri:
+                settings = {**settings, "index_uri": lancedb_uri}
+            else:
+                files["lancedb"] = Path(lancedb_uri)
+        return log_recommender(
+            run, lake, "bart", f"bart_{variant}", settings, files, trained_before=trained_before
+        )
