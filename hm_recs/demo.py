@@ -107,8 +107,9 @@ def run_demo(
     from dagster import DagsterInstance
 
     from hm_recs.definitions import defs as load_defs
-    from hm_recs.defs.resources import configured_lake, configured_profile
+    from hm_recs.defs.resources import configured_lake
     from hm_recs.evaluation.weeks import read_metrics
+    from hm_recs.settings import configured_profile
 
     profile = profile or (configured_profile() if is_set("HM_PROFILE") else "demo")
     os.environ["HM_PROFILE"] = profile  # the evaluate job holds the profile's BART variants

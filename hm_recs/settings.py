@@ -9,6 +9,7 @@ resources (``hm_recs/defs/resources.py``) check the values when they are built.
 from __future__ import annotations
 
 import os
+import re
 
 DECLARED: dict[str, str] = {
     "HM_STATE_DIR": "folder of everything hm_recs writes locally (default ./state)",
@@ -46,3 +47,53 @@ def setting(name: str, default: str | None = None) -> str | None:
 
 def is_set(name: str) -> bool:
     return setting(name) is not None
+
+
+# -- values checked when the Dagster resources are built: a bad one names its variable ------------
+def configured_profile(default: str = "auto") -> str:
+    """The run profile automatic runs take: ``HM_PROFILE`` (auto, paper, cpu, demo, smoke), else
+    ``default``; ``auto`` is ``paper`` where torch sees a GPU and ``demo`` elsewhere."""
+    from hm_recs.profiles import resolve_profile
+
+    name = setting("HM_PROFILE") or default
+    gpu = False
+    if name.strip().lower() == "auto":
+        import torch
+
+        gpu = torch.cuda.is_available()
+    return resolve_profile(name, gpu)
+
+
+def int_setting(name: str, default: str) -> int:
+    value = setting(name, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+
+
+def checked_compute(device: str, num_devices: int, precision: str):
+    """The compute settings (a ``DeviceSpec``), checked before any work: a bad value names its
+    variable."""
+    from hm_recs.compute import DeviceSpec
+
+    try:
+        spec = DeviceSpec(device, num_devices, precision)
+    except ValueError as exc:
+        raise ValueError(f"HM_DEVICE / HM_NUM_DEVICES / HM_PRECISION: {exc}") from None
+    if device.startswith("cuda"):
+        import torch
+
+        have = torch.cuda.device_count()
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index + num_devices > max(have, 0) or have == 0:
+            raise ValueError(
+                f"HM_DEVICE={device!r} with HM_NUM_DEVICES={num_devices}: torch sees {have} CUDA device(s)"
+            )
+    return spec
+
+
+def checked_spark_memory(value: str) -> str:
+    if not re.fullmatch(r"\d+[kmgtKMGT]?", value):
+        raise ValueError(f"HM_SPARK_DRIVER_MEMORY={value!r} is not a JVM memory size (e.g. 4g, 512m)")
+    return value

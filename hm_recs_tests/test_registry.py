@@ -285,8 +285,8 @@ def test_a_refit_of_the_champion_family_refreshes_it_and_a_challenger_needs_the_
 
 
 def test_run_profiles_choose_by_machine_and_narrow_the_evaluate_job(monkeypatch):
-    from hm_recs.defs.resources import configured_profile
     from hm_recs.profiles import executor_config, narrowed, resolve_profile, run_config, selected_assets
+    from hm_recs.settings import configured_profile
 
     assert resolve_profile("auto", gpu=True) == "paper" and resolve_profile("auto", gpu=False) == "demo"
     assert resolve_profile("CPU", gpu=True) == "cpu"

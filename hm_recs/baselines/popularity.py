@@ -82,3 +82,52 @@ class PopularityRecommender:
         row = np.full(k, -1, np.int64)
         row[: min(k, len(self.ranking))] = self.ranking[:k]
         return np.broadcast_to(row, (len(customers), k)).copy()
+
+
+# -- the stored rankings (Delta ``baselines/popularity``) ---------------------------------------------
+LIST_LENGTH = 1000  # stored ranking per (variant, cutoff): enough for masking long histories
+
+
+def ranking_rows(purchases, n_items: int, cutoffs: dict[str, dt.date], half_life_days: float) -> list[dict]:
+    """Every variant's ranking (``LIST_LENGTH`` long) for every fit target's cutoff, as table rows."""
+    rows = []
+    for target, cutoff in cutoffs.items():
+        for variant in VARIANTS:
+            model = PopularityRecommender(variant, half_life_days).fit(
+                purchases["article_idx"].to_numpy(),
+                purchases["t_dat"].to_numpy(),
+                n_items,
+                cutoff,
+                LIST_LENGTH,
+            )
+            for rank, idx in enumerate(model.ranking, start=1):
+                rows.append(
+                    {
+                        "variant": variant,
+                        "target": target,
+                        "cutoff": cutoff,
+                        "rank": rank,
+                        "article_idx": int(idx),
+                        "score": float(model.scores[idx]),
+                    }
+                )
+    return rows
+
+
+def load_popularity(lake, variant: str, target: str) -> PopularityRecommender:
+    """A fitted popularity model from its stored ranking."""
+    from hm_recs.tables import POPULARITY_TABLE
+
+    t = lake.read(POPULARITY_TABLE, columns=["variant", "target", "rank", "article_idx", "score"])
+    rows = sorted(
+        (r for r in t.to_pylist() if r["variant"] == variant and r["target"] == target),
+        key=lambda r: r["rank"],
+    )
+    if not rows:
+        raise ValueError(
+            f"{POPULARITY_TABLE} has no ranking for {variant}/{target}: materialize popularity_baselines"
+        )
+    model = PopularityRecommender(variant)
+    model.ranking = np.array([r["article_idx"] for r in rows], np.int64)
+    model.scores = None
+    return model

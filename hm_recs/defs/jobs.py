@@ -13,8 +13,8 @@ torch steps one at a time, so two models never fight over the cores or the GPU.
 
 import dagster as dg
 
-from hm_recs.defs.resources import configured_profile
 from hm_recs.profiles import VARIANTS, bart_variants, executor_config, run_config
+from hm_recs.settings import configured_profile
 
 PROFILE = configured_profile()
 _settings = executor_config(PROFILE)

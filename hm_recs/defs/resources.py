@@ -21,7 +21,6 @@ run profile            ``auto`` (paper on a GPU, demo)  ``HM_PROFILE`` (``hm_rec
 
 import contextlib
 import dataclasses
-import re
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -39,10 +38,16 @@ from hm_recs.paths import (
     models_dir,
     state_dir,
 )
-from hm_recs.profiles import AUTO, resolve_profile
-from hm_recs.registry.tracking import TrackingSettings, close_orphaned_runs, tracked_run
+from hm_recs.registry.tracking import TrackingSettings, asset_run
 from hm_recs.sessions.spark import spark_conf
-from hm_recs.settings import is_set, setting
+from hm_recs.settings import (
+    checked_compute,
+    checked_spark_memory,
+    configured_profile,
+    int_setting,
+    is_set,
+    setting,
+)
 
 
 class HMDataResource(dg.ConfigurableResource):
@@ -224,11 +229,8 @@ class MLflowResource(dg.ConfigurableResource):
             other = instance.get_run_by_id(run_id)
             return other is None or not other.is_finished
 
-        for killed in close_orphaned_runs(self.settings(), alive, context.run.run_id):
-            context.log.warning(f"MLflow run {killed} belonged to a Dagster run that died: marked KILLED")
-        with tracked_run(self.settings(), name or key or context.op.name, tags) as run:
-            if lake is not None and tables:
-                run.log_inputs({t: (lake.uri(t), lake.version(t)) for t in tables if lake.exists(t)}, role)
+        inputs = {t: (lake.uri(t), lake.version(t)) for t in tables if lake.exists(t)} if lake else {}
+        with asset_run(self.settings(), name or key, tags, alive, inputs, role, context.log.warning) as run:
             yield run
 
 
@@ -288,57 +290,13 @@ def configured_lake() -> Lake:
     ).lake()
 
 
-def configured_profile(default: str = AUTO) -> str:
-    """The run profile automatic runs take: ``HM_PROFILE`` (auto, paper, cpu, demo, smoke), else
-    ``default``; ``auto`` is ``paper`` where torch sees a GPU and ``demo`` elsewhere."""
-    name = setting("HM_PROFILE") or default
-    gpu = False
-    if name.strip().lower() == AUTO:
-        import torch
-
-        gpu = torch.cuda.is_available()
-    return resolve_profile(name, gpu)
-
-
-def _int_env(name: str, default: str) -> int:
-    value = setting(name, default)
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not an integer") from None
-
-
-def checked_compute(device: str, num_devices: int, precision: str) -> DeviceSpec:
-    """The compute settings, checked before any work: a bad value names its variable."""
-    try:
-        spec = DeviceSpec(device, num_devices, precision)
-    except ValueError as exc:
-        raise ValueError(f"HM_DEVICE / HM_NUM_DEVICES / HM_PRECISION: {exc}") from None
-    if device.startswith("cuda"):
-        import torch
-
-        have = torch.cuda.device_count()
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index + num_devices > max(have, 0) or have == 0:
-            raise ValueError(
-                f"HM_DEVICE={device!r} with HM_NUM_DEVICES={num_devices}: torch sees {have} CUDA device(s)"
-            )
-    return spec
-
-
-def checked_spark_memory(value: str) -> str:
-    if not re.fullmatch(r"\d+[kmgtKMGT]?", value):
-        raise ValueError(f"HM_SPARK_DRIVER_MEMORY={value!r} is not a JVM memory size (e.g. 4g, 512m)")
-    return value
-
-
 def build_resources() -> dict[str, object]:
     configured_profile()  # checked here too: a bad HM_PROFILE fails before any work
     aws = {k: dg.EnvVar(env) for k, env in _AWS_ENV if is_set(env)}
     return {
         "hm_data": HMDataResource(
             data_dir=_env_or("HM_DATA_DIR", str(default_synthetic_dir())),
-            settle_seconds=_int_env("HM_FILE_SETTLE_SECONDS", "60"),
+            settle_seconds=int_setting("HM_FILE_SETTLE_SECONDS", "60"),
         ),
         "lake": LakeResource(
             root=_env_or("HM_LAKE_URI", default_lake_uri()),
@@ -375,11 +333,11 @@ def build_resources() -> dict[str, object]:
             **dataclasses.asdict(
                 checked_compute(
                     setting("HM_DEVICE", "auto"),
-                    _int_env("HM_NUM_DEVICES", "1"),
+                    int_setting("HM_NUM_DEVICES", "1"),
                     setting("HM_PRECISION", "32-true"),
                 )
             ),
-            threads=_int_env(
+            threads=int_setting(
                 "HM_TORCH_THREADS", "0"
             ),  # 0: torch's default, every core (one torch step at a time)
         ),

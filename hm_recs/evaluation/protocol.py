@@ -338,3 +338,17 @@ def comparison_markdown(
             + " |"
         )
     return "\n".join(lines)
+
+
+def metrics_are_sane(results: Sequence[EvaluationResult]) -> tuple[bool, dict]:
+    """Every metric a probability-like number in [0, 1] with its mean inside its interval."""
+    import math
+
+    bad = []
+    for r in results:
+        for name, (v, lo, hi) in r.metrics.items():
+            if any(math.isnan(x) for x in (v, lo, hi)) and r.n_events:
+                bad.append(f"{r.model}/{r.week}/{name}: nan")
+            elif not (0.0 <= lo <= v + 1e-12 and v <= hi + 1e-12 and hi <= 1.0):
+                bad.append(f"{r.model}/{r.week}/{name}: {lo:.4f} <= {v:.4f} <= {hi:.4f} fails")
+    return not bad, {"problems": "; ".join(bad[:20]) or "none"}

@@ -220,3 +220,24 @@ def close_orphaned_runs(
         client.set_terminated(r.info.run_id, "KILLED")
         ended.append(r.info.run_id)
     return ended
+
+
+@contextlib.contextmanager
+def asset_run(
+    settings: TrackingSettings,
+    name: str,
+    tags: Mapping[str, object],
+    is_alive: Callable[[str], bool],
+    inputs: Mapping[str, tuple[str, int]] | None = None,
+    role: str = "training",
+    warn: Callable[[str], None] = print,
+) -> Iterator[TrackedRun]:
+    """The MLflow run of one asset materialization (``tags`` name the Dagster run, asset and
+    partition): runs of Dagster runs that died are closed KILLED first (``close_orphaned_runs``),
+    the input tables are logged as datasets used for ``role``; ended FINISHED or FAILED."""
+    for killed in close_orphaned_runs(settings, is_alive, tags.get("dagster.run_id")):
+        warn(f"MLflow run {killed} belonged to a Dagster run that died: marked KILLED")
+    with tracked_run(settings, name, tags) as run:
+        if inputs:
+            run.log_inputs(dict(inputs), role)
+        yield run

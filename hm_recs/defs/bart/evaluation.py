@@ -7,10 +7,11 @@ import dagster as dg
 import pyarrow as pa
 from dagster import AssetExecutionContext
 
+from hm_recs.baselines.popularity import load_popularity
 from hm_recs.defs.bart.assets import TARGETS, bart_models, load_catalogue
 from hm_recs.defs.bart.items import item_index
-from hm_recs.defs.baselines.assets import load_popularity, popularity_baselines
-from hm_recs.defs.evaluation.assets import evaluation_events, metrics_are_sane, protocol_metadata
+from hm_recs.defs.baselines.assets import popularity_baselines
+from hm_recs.defs.evaluation.assets import evaluation_events, protocol_metadata
 from hm_recs.defs.gru4rec.assets import gru4rec_model
 from hm_recs.defs.metadata import table_metadata
 from hm_recs.defs.resources import (
@@ -22,7 +23,7 @@ from hm_recs.defs.resources import (
     MLflowResource,
     ModelStoreResource,
 )
-from hm_recs.evaluation.protocol import evaluate, metric_table
+from hm_recs.evaluation.protocol import evaluate, metric_table, metrics_are_sane
 from hm_recs.evaluation.weeks import load_target_weeks, metrics_table, write_metrics
 from hm_recs.models.bart import VARIANTS, SequenceCodec, fitted_models, load_bart
 from hm_recs.models.gru4rec import GRU4RecRecommender, load_fitted

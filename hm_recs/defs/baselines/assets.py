@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext
 
-from hm_recs.baselines.popularity import VARIANTS, PopularityRecommender
+from hm_recs.baselines.popularity import LIST_LENGTH, VARIANTS, load_popularity, ranking_rows
 from hm_recs.data.delta import Lake
 from hm_recs.defs.ingest.assets import article_features, customer_features
 from hm_recs.defs.metadata import table_metadata
@@ -21,7 +21,6 @@ from hm_recs.sessions.split import FIT_TARGETS, load_time_split
 from hm_recs.tables import ARTICLE_FEATURES, POPULARITY_TABLE, SESSIONS_TABLE
 
 GROUP = "baselines"
-LIST_LENGTH = 1000  # stored ranking per (variant, cutoff): enough for masking long histories
 
 
 class PopularityConfig(dg.Config):
@@ -83,28 +82,8 @@ def _fit_popularity(config: PopularityConfig, lk: Lake):
         columns=["article_idx", "article_id", "prod_name", "product_type_name", "colour_group_name"],
     )
     n_items = articles.num_rows
-    rows = []
-    for target in FIT_TARGETS:
-        cutoff = split.cutoff(target)
-        for variant in VARIANTS:
-            model = PopularityRecommender(variant, config.half_life_days).fit(
-                purchases["article_idx"].to_numpy(),
-                purchases["t_dat"].to_numpy(),
-                n_items,
-                cutoff,
-                LIST_LENGTH,
-            )
-            for rank, idx in enumerate(model.ranking, start=1):
-                rows.append(
-                    {
-                        "variant": variant,
-                        "target": target,
-                        "cutoff": cutoff,
-                        "rank": rank,
-                        "article_idx": int(idx),
-                        "score": float(model.scores[idx]),
-                    }
-                )
+    cutoffs = {t: split.cutoff(t) for t in FIT_TARGETS}
+    rows = ranking_rows(purchases, n_items, cutoffs, config.half_life_days)
     table = pa.Table.from_pylist(rows)
     ids = articles.column("article_id").take(pa.array(table.column("article_idx").to_numpy()))
     table = table.append_column("article_id", ids)
@@ -136,20 +115,3 @@ def _fit_popularity(config: PopularityConfig, lk: Lake):
     return meta, dg.AssetCheckResult(
         check_name="lists_are_valid_articles", passed=valid, metadata={"catalogue_size": n_items}
     )
-
-
-def load_popularity(lake: Lake, variant: str, target: str) -> PopularityRecommender:
-    """A fitted popularity model from its stored ranking."""
-    t = lake.read(POPULARITY_TABLE, columns=["variant", "target", "rank", "article_idx", "score"])
-    rows = sorted(
-        (r for r in t.to_pylist() if r["variant"] == variant and r["target"] == target),
-        key=lambda r: r["rank"],
-    )
-    if not rows:
-        raise ValueError(
-            f"{POPULARITY_TABLE} has no ranking for {variant}/{target}: materialize popularity_baselines"
-        )
-    model = PopularityRecommender(variant)
-    model.ranking = np.array([r["article_idx"] for r in rows], np.int64)
-    model.scores = None
-    return model

@@ -1,16 +1,14 @@
 """Evaluation: the prediction events of the protocol, and every baseline judged on them."""
 
-import math
-
 import dagster as dg
 
-from hm_recs.baselines.popularity import VARIANTS
-from hm_recs.defs.baselines.assets import load_popularity, popularity_baselines
+from hm_recs.baselines.popularity import VARIANTS, load_popularity
+from hm_recs.defs.baselines.assets import popularity_baselines
 from hm_recs.defs.ingest.assets import article_features, customer_features
 from hm_recs.defs.metadata import image_metadata, table_metadata
 from hm_recs.defs.resources import EvaluationProtocolResource, LakeResource
 from hm_recs.defs.sessions.assets import sessions, time_split
-from hm_recs.evaluation.protocol import EvaluationProtocol, evaluate, metric_table
+from hm_recs.evaluation.protocol import EvaluationProtocol, evaluate, metric_table, metrics_are_sane
 from hm_recs.evaluation.weeks import events_table, load_target_weeks, metrics_table, write_metrics
 from hm_recs.plots import metric_bars
 from hm_recs.tables import EVENTS_TABLE
@@ -71,18 +69,6 @@ def evaluation_events(
             )
         ],
     )
-
-
-def metrics_are_sane(results) -> tuple[bool, dict]:
-    """Every metric a probability-like number in [0, 1] with its mean inside its interval."""
-    bad = []
-    for r in results:
-        for name, (v, lo, hi) in r.metrics.items():
-            if any(math.isnan(x) for x in (v, lo, hi)) and r.n_events:
-                bad.append(f"{r.model}/{r.week}/{name}: nan")
-            elif not (0.0 <= lo <= v + 1e-12 and v <= hi + 1e-12 and hi <= 1.0):
-                bad.append(f"{r.model}/{r.week}/{name}: {lo:.4f} <= {v:.4f} <= {hi:.4f} fails")
-    return not bad, {"problems": "; ".join(bad[:20]) or "none"}
 
 
 @dg.asset(

@@ -7,8 +7,9 @@ import numpy as np
 from dagster import AssetExecutionContext
 
 from hm_recs.artifacts import gru4rec_key
-from hm_recs.defs.baselines.assets import load_popularity, popularity_baselines
-from hm_recs.defs.evaluation.assets import evaluation_events, metrics_are_sane, protocol_metadata
+from hm_recs.baselines.popularity import load_popularity
+from hm_recs.defs.baselines.assets import popularity_baselines
+from hm_recs.defs.evaluation.assets import evaluation_events, protocol_metadata
 from hm_recs.defs.ingest.assets import article_features
 from hm_recs.defs.metadata import image_metadata, mlflow_metadata, table_metadata
 from hm_recs.defs.resources import (
@@ -19,16 +20,16 @@ from hm_recs.defs.resources import (
     ModelStoreResource,
 )
 from hm_recs.defs.sessions.assets import sessions, time_split
-from hm_recs.evaluation.metrics import DEFAULT_KS, paired_bootstrap_diff
-from hm_recs.evaluation.protocol import evaluate, metric_table
+from hm_recs.evaluation.metrics import paired_bootstrap_diff
+from hm_recs.evaluation.protocol import evaluate, metric_table, metrics_are_sane
 from hm_recs.evaluation.weeks import load_target_weeks, metrics_table, write_metrics
 from hm_recs.models.gru4rec import (
     PRESETS,
     GRU4RecRecommender,
     evaluation_data,
+    fit_stored,
     load_fitted,
-    train_resumable,
-    training_data,
+    table2_markdown,
 )
 from hm_recs.plots import line_plot
 from hm_recs.profiles import TORCH_STEP
@@ -36,10 +37,9 @@ from hm_recs.registry.logged import log_recommender
 from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.split import fit_targets, load_time_split
 from hm_recs.tables import SESSIONS_TABLE
-from hm_recs.training import fingerprint, loss_went_down
+from hm_recs.training import loss_went_down
 
 TARGETS = ("validation", "test")
-PAPER_TABLE2 = {"Recall@20": 0.2532, "MRR@20": 0.1471}
 
 
 class GRU4RecTrainingConfig(dg.Config):
@@ -124,7 +124,6 @@ def _train_gru4rec(
     device = compute.spec().torch_device()
     split = load_time_split(lk)
     purchases = load_purchases(lk)
-    version = lk.version(SESSIONS_TABLE)
     meta: dict = {
         "config": dg.MetadataValue.json(cfg.to_dict()),
         "device": dg.MetadataValue.text(str(device)),
@@ -140,40 +139,29 @@ def _train_gru4rec(
     )
     losses = {}
     targets = fit_targets(config.refit_for_test, config.refit_for_serving)
-    for target in targets:
-        cutoff = split.cutoff(target)
-        data, items, support = training_data(purchases, cutoff, cfg.repeats)
-        run_key = fingerprint(cfg.to_dict(), str(cutoff), version, len(items))
-        context.log.info(
-            f"{target}: {data.n_sessions} sessions, {data.n_events} events, {len(items)} items, on {device}"
-        )
 
-        def report(epoch, loss, rate, target=target):
-            context.log.info(f"{target} epoch {epoch}/{cfg.n_epochs}: loss {loss:.4f}, {rate:,.0f} events/s")
-            run.log_metrics(
-                {f"train_loss_{target}_model": loss, f"{target}_events_per_second": rate}, step=epoch
-            )
-            store.push(gru4rec_key(target))  # the epoch's checkpoint survives the worker
+    def report(target, epoch, loss, rate):
+        context.log.info(f"{target} epoch {epoch}/{cfg.n_epochs}: loss {loss:.4f}, {rate:,.0f} events/s")
+        run.log_metrics({f"train_loss_{target}_model": loss, f"{target}_events_per_second": rate}, step=epoch)
 
-        folder = store.pull(gru4rec_key(target))  # a killed run's checkpoints, from any worker
-        model, resumed = train_resumable(data, items, support, cfg, folder, run_key, device, on_epoch=report)
-        model.save(folder / "model.pt")
-        store.push(gru4rec_key(target))
-        run.log_metrics({"n_parameters": sum(p.numel() for p in model.net.parameters())})
-        h = model.history
+    cutoffs = {t: split.cutoff(t) for t in targets}
+    version = lk.version(SESSIONS_TABLE)
+    for f in fit_stored(purchases, cutoffs, cfg, store, version, device, context.log.info, report):
+        run.log_metrics({"n_parameters": sum(p.numel() for p in f.model.net.parameters())})
+        h, target = f.model.history, f.target
         losses[target] = h.epoch_loss
         meta.update(
             {
-                f"{target}_sessions": dg.MetadataValue.int(data.n_sessions),
-                f"{target}_events": dg.MetadataValue.int(data.n_events),
-                f"{target}_items": dg.MetadataValue.int(len(items)),
+                f"{target}_sessions": dg.MetadataValue.int(f.sessions),
+                f"{target}_events": dg.MetadataValue.int(f.events),
+                f"{target}_items": dg.MetadataValue.int(f.items),
                 f"{target}_epoch_loss": dg.MetadataValue.json([round(x, 5) for x in h.epoch_loss]),
                 f"{target}_events_per_second": dg.MetadataValue.float(
                     float(np.mean(h.events_per_second)) if h.epoch_seconds else 0.0
                 ),
                 f"{target}_training_seconds": dg.MetadataValue.float(float(sum(h.epoch_seconds))),
-                f"{target}_resumed": dg.MetadataValue.bool(resumed),
-                f"{target}_model": dg.MetadataValue.path(f"{store.uri(gru4rec_key(target))}/model.pt"),
+                f"{target}_resumed": dg.MetadataValue.bool(f.resumed),
+                f"{target}_model": dg.MetadataValue.path(f.uri),
             }
         )
     plot = line_plot(losses, "GRU4Rec training loss", "epoch", f"{cfg.loss} per event")
@@ -191,23 +179,6 @@ def _train_gru4rec(
             )
         ],
     )
-
-
-def table2_markdown(rows: dict[str, dict]) -> str:
-    head = (
-        "| week | events | skipped (unseen) | "
-        + " | ".join(f"Recall@{k} | MRR@{k}" for k in DEFAULT_KS)
-        + " |"
-    )
-    lines = [head, "|" + "---|" * (3 + 2 * len(DEFAULT_KS))]
-    for week, r in rows.items():
-        cells = " | ".join(f"{r[f'Recall@{k}']:.4f} | {r[f'MRR@{k}']:.4f}" for k in DEFAULT_KS)
-        lines.append(f"| {week} | {r['events']} | {r['skipped_unseen']} | {cells} |")
-    lines.append(
-        f"\nThe paper (Table 2, full H&M data): Recall@20 {PAPER_TABLE2['Recall@20']}, MRR@20 "
-        f"{PAPER_TABLE2['MRR@20']}."
-    )
-    return "\n".join(lines)
 
 
 @dg.asset(
