@@ -26,13 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hm_recs.profiles import GRU4REC_CHAIN  # noqa: E402  (after the path insert)
+
+# everything the BART models read, trained first
 UPSTREAM = [
-    "time_split",
-    "popularity_baselines",
-    "evaluation_events",
-    "popularity_evaluation",
-    "gru4rec_model",
-    "gru4rec_evaluation",
+    *GRU4REC_CHAIN,
     "vqgan_base_model",
     "vqgan_finetuned_model",
     "vqgan_evaluation",

@@ -25,22 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-ASSETS = [
-    "raw_articles",
-    "raw_customers",
-    "raw_transactions",
-    "clean_articles",
-    "clean_customers",
-    "clean_transactions",
-    "image_manifest",
-    "article_features",
-    "customer_features",
-    "sessions",
-    "time_split",
-    "popularity_baselines",
-    "evaluation_events",
-    "popularity_evaluation",
-]
+from hm_recs.profiles import INGEST_CHAIN, POP_CHAIN  # noqa: E402  (after the path insert)
+
+ASSETS = [*INGEST_CHAIN, "sessions", *POP_CHAIN]
 
 
 def main() -> int:
@@ -84,14 +71,7 @@ def main() -> int:
         for asset in ASSETS:
             job = (
                 "ingest"
-                if asset
-                not in (
-                    "sessions",
-                    "time_split",
-                    "popularity_baselines",
-                    "evaluation_events",
-                    "popularity_evaluation",
-                )
+                if asset not in ("sessions", *POP_CHAIN)
                 else ("sessionize" if asset == "sessions" else "evaluate")
             )
             keys = instance.get_dynamic_partitions(WEEKS)  # clean_transactions added the weeks of the data

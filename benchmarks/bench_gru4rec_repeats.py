@@ -21,14 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ASSETS = [
-    "time_split",
-    "popularity_baselines",
-    "evaluation_events",
-    "popularity_evaluation",
-    "gru4rec_model",
-    "gru4rec_evaluation",
-]
+from hm_recs.profiles import GRU4REC_CHAIN  # noqa: E402  (after the path insert)
+
+ASSETS = GRU4REC_CHAIN
 
 
 def main() -> int:

@@ -27,6 +27,21 @@ import copy
 # (a test keeps them equal)
 VARIANTS = ("text_small", "text_large", "image_full", "image_compact", "semantic_id", "semantic_id_text")
 
+# the evaluate job's chains that benchmarks and tests run alone (a run may select part of a job)
+INGEST_CHAIN = [
+    *(
+        f"{stage}_{table}"
+        for stage in ("raw", "clean")
+        for table in ("articles", "customers", "transactions")
+    ),
+    "image_manifest",
+    "article_features",
+    "customer_features",
+]
+POP_CHAIN = ["time_split", "popularity_baselines", "evaluation_events", "popularity_evaluation"]
+GRU4REC_CHAIN = [*POP_CHAIN, "gru4rec_model", "gru4rec_evaluation"]
+SERVING_CHAIN = ["model_comparison", "champion", "recommendations"]
+
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 # BART from scratch on a CPU (chosen on the validation week of the small data; issue 10's notes list the

@@ -13,21 +13,11 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
-from hm_recs.profiles import QUIET
+from hm_recs.profiles import GRU4REC_CHAIN, QUIET, SERVING_CHAIN
 
 # POP and GRU4Rec stand in for every model, to keep the test short: the request's own settings
 # (the smoke profile) on a narrower selection
-CHAIN_ASSETS = [
-    "time_split",
-    "evaluation_events",
-    "popularity_baselines",
-    "popularity_evaluation",
-    "gru4rec_model",
-    "gru4rec_evaluation",
-    "model_comparison",
-    "champion",
-    "recommendations",
-]
+CHAIN_ASSETS = [*GRU4REC_CHAIN, *SERVING_CHAIN]
 
 
 def _execute(defs, instance, job: str, request: dg.RunRequest, narrow: bool = False):

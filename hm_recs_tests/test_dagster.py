@@ -11,44 +11,25 @@ import dagster as dg
 import pytest
 
 from hm_recs.paths import PROJECT_ROOT
+from hm_recs.profiles import GRU4REC_CHAIN, INGEST_CHAIN, SERVING_CHAIN, VARIANTS
 
 pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
 
 EXPECTED_ASSETS = {
-    "raw_articles",
-    "raw_customers",
-    "raw_transactions",
-    "clean_articles",
-    "clean_customers",
-    "clean_transactions",
-    "image_manifest",
-    "article_features",
-    "customer_features",
+    *INGEST_CHAIN,
     "sessions",
-    "time_split",
-    "popularity_baselines",
-    "evaluation_events",
-    "popularity_evaluation",
-    "gru4rec_model",
-    "gru4rec_evaluation",
+    *GRU4REC_CHAIN,
     "vqgan_base_model",
     "vqgan_finetuned_model",
     "vqgan_evaluation",
     "image_tokens",
     "bart_tokenizer",
     "bart_training_sequences",
-    "bart_model_text_small",
-    "bart_model_text_large",
-    "bart_model_image_full",
-    "bart_model_image_compact",
-    "bart_model_semantic_id",
-    "bart_model_semantic_id_text",
+    *(f"bart_model_{v}" for v in VARIANTS),
     "item_index",
     "semantic_ids",
     "bart_evaluation",
-    "model_comparison",
-    "champion",
-    "recommendations",
+    *SERVING_CHAIN,
 }
 
 

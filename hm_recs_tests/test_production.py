@@ -74,6 +74,7 @@ def test_dagster_on_postgres_logging_to_an_mlflow_server_on_postgres(tiny_datase
     from mlflow import MlflowClient
 
     from hm_recs.demo import SMOKE_MODELS, run_pipeline
+    from hm_recs.profiles import POP_CHAIN
 
     with (
         postgres_database("hm_dagster") as dagster_db,
@@ -94,12 +95,7 @@ def test_dagster_on_postgres_logging_to_an_mlflow_server_on_postgres(tiny_datase
                 configured_lake(),
                 log=lambda s: None,
                 models=SMOKE_MODELS,
-                evaluate_assets=[
-                    "time_split",
-                    "popularity_baselines",
-                    "evaluation_events",
-                    "popularity_evaluation",
-                ],
+                evaluate_assets=POP_CHAIN,
             )
             assert all(r.success for r in results.values())
             run_ids = {r.run_id for r in results.values()}

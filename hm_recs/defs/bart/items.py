@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from hm_recs.defs.ingest.assets import article_features
-from hm_recs.defs.metadata import table_metadata
+from hm_recs.defs.metadata import checks, table_metadata
 from hm_recs.defs.resources import ComputeResource, LakeResource, LanceDBResource
 from hm_recs.defs.vqgan.assets import image_tokens
 from hm_recs.models.bart import item_text
@@ -45,13 +45,10 @@ class ItemIndexConfig(dg.Config):
     kinds={"lancedb"},
     op_tags=TORCH_STEP,
     deps=[image_tokens, article_features],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "articles_are_distinguishable",
-            asset="item_index",
-            description="Median pairwise cosine distance between articles above a floor",
-        )
-    ],
+    check_specs=checks(
+        "item_index",
+        articles_are_distinguishable="Median pairwise cosine distance between articles above a floor",
+    ),
 )
 def item_index(
     context: dg.AssetExecutionContext,
@@ -149,13 +146,12 @@ class SemanticIdConfig(dg.Config):
     group_name="models",
     kinds={"deltalake"},
     deps=[item_index],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "every_article_has_a_unique_code",
-            asset="semantic_ids",
-            description="Every article's semantic ID (codes + disambiguation token) is unique",
-        )
-    ],
+    check_specs=checks(
+        "semantic_ids",
+        every_article_has_a_unique_code=(
+            "Every article's semantic ID (codes + disambiguation token) is unique"
+        ),
+    ),
 )
 def semantic_ids(
     config: SemanticIdConfig, lake: LakeResource, lancedb: LanceDBResource

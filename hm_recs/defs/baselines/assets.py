@@ -11,7 +11,7 @@ from dagster import AssetExecutionContext
 from hm_recs.baselines.popularity import LIST_LENGTH, VARIANTS, load_popularity, ranking_rows
 from hm_recs.data.delta import Lake
 from hm_recs.defs.ingest.assets import article_features, customer_features
-from hm_recs.defs.metadata import table_metadata
+from hm_recs.defs.metadata import checks, table_metadata
 from hm_recs.defs.resources import LakeResource, MLflowResource
 from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.registry.logged import log_recommender
@@ -31,13 +31,10 @@ class PopularityConfig(dg.Config):
     group_name=GROUP,
     kinds={"deltalake", "mlflow"},
     deps=[sessions, time_split, article_features, customer_features],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "lists_are_valid_articles",
-            asset="popularity_baselines",
-            description="Every stored popularity ranking holds catalogue articles only",
-        )
-    ],
+    check_specs=checks(
+        "popularity_baselines",
+        lists_are_valid_articles="Every stored popularity ranking holds catalogue articles only",
+    ),
 )
 def popularity_baselines(
     context: AssetExecutionContext, config: PopularityConfig, lake: LakeResource, mlflow: MLflowResource

@@ -5,7 +5,7 @@ import dagster as dg
 from hm_recs.baselines.popularity import VARIANTS, load_popularity
 from hm_recs.defs.baselines.assets import popularity_baselines
 from hm_recs.defs.ingest.assets import article_features, customer_features
-from hm_recs.defs.metadata import image_metadata, table_metadata
+from hm_recs.defs.metadata import SANE_METRICS, checks, image_metadata, table_metadata
 from hm_recs.defs.resources import EvaluationProtocolResource, LakeResource
 from hm_recs.defs.sessions.assets import sessions, time_split
 from hm_recs.evaluation.protocol import EvaluationProtocol, evaluate, metric_table, metrics_are_sane
@@ -36,13 +36,12 @@ def protocol_metadata(protocol: EvaluationProtocol) -> dict:
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[sessions, time_split, article_features, customer_features],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "both_weeks_have_events",
-            asset="evaluation_events",
-            description="The validation and the test week both have next-item events and MAP@12 customers",
-        )
-    ],
+    check_specs=checks(
+        "evaluation_events",
+        both_weeks_have_events=(
+            "The validation and the test week both have next-item events and MAP@12 customers"
+        ),
+    ),
 )
 def evaluation_events(
     lake: LakeResource, evaluation_protocol: EvaluationProtocolResource
@@ -75,13 +74,7 @@ def evaluation_events(
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[popularity_baselines, evaluation_events],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "metrics_are_sane",
-            asset="popularity_evaluation",
-            description="Every metric in [0, 1], its value inside its bootstrap interval, none NaN",
-        )
-    ],
+    check_specs=checks("popularity_evaluation", metrics_are_sane=SANE_METRICS),
 )
 def popularity_evaluation(
     lake: LakeResource, evaluation_protocol: EvaluationProtocolResource

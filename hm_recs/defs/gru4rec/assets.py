@@ -11,7 +11,14 @@ from hm_recs.baselines.popularity import load_popularity
 from hm_recs.defs.baselines.assets import popularity_baselines
 from hm_recs.defs.evaluation.assets import evaluation_events, protocol_metadata
 from hm_recs.defs.ingest.assets import article_features
-from hm_recs.defs.metadata import image_metadata, mlflow_metadata, table_metadata
+from hm_recs.defs.metadata import (
+    LOSS_DECREASED,
+    SANE_METRICS,
+    checks,
+    image_metadata,
+    mlflow_metadata,
+    table_metadata,
+)
 from hm_recs.defs.resources import (
     ComputeResource,
     EvaluationProtocolResource,
@@ -79,13 +86,7 @@ class GRU4RecTrainingConfig(dg.Config):
     kinds={"pytorch", "mlflow"},
     op_tags=TORCH_STEP,
     deps=[sessions, time_split, article_features],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "training_loss_decreased",
-            asset="gru4rec_model",
-            description="The training loss at the end is below the loss at the start (a model that trains)",
-        )
-    ],
+    check_specs=checks("gru4rec_model", training_loss_decreased=LOSS_DECREASED),
 )
 def gru4rec_model(
     context: AssetExecutionContext,
@@ -186,18 +187,13 @@ def _train_gru4rec(
     kinds={"pytorch", "deltalake"},
     op_tags=TORCH_STEP,
     deps=[gru4rec_model, evaluation_events, popularity_baselines],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "beats_pop_on_validation",
-            asset="gru4rec_evaluation",
-            description="Recall@20 on the validation week above the paper's POP (all-time popularity)",
+    check_specs=checks(
+        "gru4rec_evaluation",
+        beats_pop_on_validation=(
+            "Recall@20 on the validation week above the paper's POP (all-time popularity)"
         ),
-        dg.AssetCheckSpec(
-            "metrics_are_sane",
-            asset="gru4rec_evaluation",
-            description="Every metric in [0, 1], its value inside its bootstrap interval, none NaN",
-        ),
-    ],
+        metrics_are_sane=SANE_METRICS,
+    ),
 )
 def gru4rec_evaluation(
     context: AssetExecutionContext,

@@ -9,7 +9,7 @@ from hm_recs.data.images import build_image_manifest
 from hm_recs.data.preprocess import article_features as build_article_features
 from hm_recs.data.preprocess import customer_features as build_customer_features
 from hm_recs.data.schema import ARTICLES, CUSTOMERS, TRANSACTIONS, TableContract, find_table_file
-from hm_recs.defs.metadata import image_metadata, table_metadata
+from hm_recs.defs.metadata import checks, image_metadata, table_metadata
 from hm_recs.defs.partitions import add_weeks
 from hm_recs.defs.resources import HMDataResource, LakeResource
 from hm_recs.plots import daily_counts
@@ -212,13 +212,9 @@ def clean_transactions(
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[clean_articles],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "usable_images",
-            asset="image_manifest",
-            description="Missing + corrupt images at most max_unusable_fraction",
-        )
-    ],
+    check_specs=checks(
+        "image_manifest", usable_images="Missing + corrupt images at most max_unusable_fraction"
+    ),
 )
 def image_manifest(
     config: ImageManifestConfig, hm_data: HMDataResource, lake: LakeResource

@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext
 from hm_recs.defs.bart.evaluation import bart_evaluation
 from hm_recs.defs.evaluation.assets import popularity_evaluation
 from hm_recs.defs.gru4rec.assets import gru4rec_evaluation
-from hm_recs.defs.metadata import image_metadata, mlflow_metadata, table_metadata
+from hm_recs.defs.metadata import checks, image_metadata, mlflow_metadata, table_metadata
 from hm_recs.defs.resources import EvaluationProtocolResource, LakeResource, MLflowResource
 from hm_recs.evaluation.protocol import comparison_markdown
 from hm_recs.evaluation.weeks import MODEL_FAMILIES, metrics_table, read_metrics
@@ -180,13 +180,12 @@ def servable_check(settings, data) -> dg.AssetCheckResult:
     group_name="serving",
     kinds={"deltalake", "mlflow"},
     deps=[champion],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "every_customer_gets_12_distinct_articles",
-            asset="recommendations",
-            description="Every customer of customers.csv gets 12 distinct real articles",
-        )
-    ],
+    check_specs=checks(
+        "recommendations",
+        every_customer_gets_12_distinct_articles=(
+            "Every customer of customers.csv gets 12 distinct real articles"
+        ),
+    ),
 )
 def recommendations(
     context: AssetExecutionContext, lake: LakeResource, mlflow: MLflowResource

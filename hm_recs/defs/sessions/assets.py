@@ -12,7 +12,7 @@ from dagster_pyspark import PySparkResource
 from hm_recs.data.ingest import clean_table_name
 from hm_recs.data.schema import TRANSACTIONS
 from hm_recs.defs.ingest.assets import clean_transactions
-from hm_recs.defs.metadata import table_metadata
+from hm_recs.defs.metadata import checks, table_metadata
 from hm_recs.defs.partitions import weekly_partitions
 from hm_recs.defs.resources import LakeResource
 from hm_recs.reports import markdown_table
@@ -36,18 +36,11 @@ def _week_range(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
     deps=[clean_transactions],
     partitions_def=weekly_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    check_specs=[
-        dg.AssetCheckSpec(
-            "no_event_lost",
-            asset="sessions",
-            description="Every clean transaction of the weeks is in exactly one session row",
-        ),
-        dg.AssetCheckSpec(
-            "session_ids_consistent",
-            asset="sessions",
-            description="One session id per (customer, week), event_idx 0..n-1",
-        ),
-    ],
+    check_specs=checks(
+        "sessions",
+        no_event_lost="Every clean transaction of the weeks is in exactly one session row",
+        session_ids_consistent="One session id per (customer, week), event_idx 0..n-1",
+    ),
 )
 def sessions(
     context: AssetExecutionContext, pyspark: PySparkResource, lake: LakeResource
@@ -133,13 +126,9 @@ class TimeSplitConfig(dg.Config):
     group_name=GROUP,
     kinds={"deltalake"},
     deps=[sessions],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "every_split_has_data",
-            asset="time_split",
-            description="Training, validation and test each hold transactions",
-        )
-    ],
+    check_specs=checks(
+        "time_split", every_split_has_data="Training, validation and test each hold transactions"
+    ),
 )
 def time_split(config: TimeSplitConfig, lake: LakeResource) -> dg.MaterializeResult:
     """The Kaggle protocol's time split: last 7 days test, the 7 before validation, earlier training."""

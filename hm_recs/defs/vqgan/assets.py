@@ -5,20 +5,25 @@ import hashlib
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext
 
 from hm_recs.artifacts import VQGAN_BASE, VQGAN_FINETUNED
 from hm_recs.defs.ingest.assets import image_manifest
-from hm_recs.defs.metadata import image_metadata, mlflow_metadata, table_metadata
+from hm_recs.defs.metadata import checks, image_metadata, mlflow_metadata, table_metadata
 from hm_recs.defs.resources import (
     ComputeResource,
     HMDataResource,
     LakeResource,
     MLflowResource,
     ModelStoreResource,
+)
+from hm_recs.defs.vqgan.config import (
+    ImageTokensConfig,
+    VQGANBaseConfig,
+    VQGANEvaluationConfig,
+    VQGANFinetuneConfig,
 )
 from hm_recs.models.vqgan import (
     CONFIGS,
@@ -29,7 +34,6 @@ from hm_recs.models.vqgan import (
     save_model,
 )
 from hm_recs.models.vqgan_training import (
-    TrainingSettings,
     compare_reconstructions,
     finetune_stored,
     held_out,
@@ -41,15 +45,6 @@ from hm_recs.registry.logged import log_vqgan
 from hm_recs.reports import markdown_table
 from hm_recs.tables import CODEBOOK, IMAGE_MANIFEST, IMAGE_TOKENS, VQGAN_EVALUATION_TABLE
 from hm_recs.training import loss_went_down
-
-
-class VQGANBaseConfig(dg.Config):
-    """Which architecture, and where its starting weights come from."""
-
-    config_name: str = "small"  # small (64x64, 64 tokens) | paper (256x256, 256 tokens) | paper_16384
-    pretrained: str | None = None  # path of an official taming checkpoint (vqgan_imagenet_f16_*/last.ckpt)
-    trust_pickle: bool = False  # the official checkpoints are pickles: load only files you trust
-    seed: int = 0
 
 
 @dg.asset(group_name="models", kinds={"pytorch"}, deps=[image_manifest])
@@ -88,41 +83,6 @@ def vqgan_base_model(config: VQGANBaseConfig, models: ModelStoreResource) -> dg.
     )
 
 
-class VQGANFinetuneConfig(dg.Config):
-    max_steps: int = 1000
-    epochs: float | None = None  # instead of max_steps: passes over the training images
-    batch_size: int = 6  # per device (the paper: 6 per GPU on 4 GPUs)
-    base_learning_rate: float = 4.5e-6  # lr = accumulate x devices x batch x this (taming)
-    accumulate: int = 1
-    checkpoint_every: int = 100
-    max_images: int | None = None  # cap on training images (None: every usable photo)
-    num_workers: int = 0
-    seed: int = 0
-    # the PatchGAN discriminator starts at this fraction of the run; None: the config's disc_start
-    # (taming's 250,001 steps for the paper's model: the GAN term would never train here)
-    disc_start_fraction: float | None = 0.5
-    # "auto": k-means codebook init when the base model is not a pretrained checkpoint; or kmeans | none
-    codebook_init: str = "auto"
-    restart_dead_every: int = 50  # steps; a code unused for that long moves onto an encoder output (0: off)
-
-    def settings(self, n_train: int) -> TrainingSettings:
-        steps = self.max_steps
-        if self.epochs:
-            steps = max(1, int(np.ceil(n_train / self.batch_size * self.epochs)))
-        return TrainingSettings(
-            steps,
-            self.batch_size,
-            self.base_learning_rate,
-            self.accumulate,
-            self.checkpoint_every,
-            self.num_workers,
-            self.seed,
-            self.disc_start_fraction,
-            self.codebook_init,
-            self.restart_dead_every,
-        )
-
-
 def _usable_images(lake, data_dir: str):
     manifest = lake.read(IMAGE_MANIFEST).filter(pc.equal(pc.field("status"), "ok"))
     ids = manifest.column("article_id").to_pylist()
@@ -135,13 +95,10 @@ def _usable_images(lake, data_dir: str):
     kinds={"pytorch", "mlflow"},
     op_tags=TORCH_STEP,
     deps=[vqgan_base_model],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "reconstruction_loss_decreased",
-            asset="vqgan_finetuned_model",
-            description="The VQGAN's reconstruction loss at the end is below the start",
-        )
-    ],
+    check_specs=checks(
+        "vqgan_finetuned_model",
+        reconstruction_loss_decreased="The VQGAN's reconstruction loss at the end is below the start",
+    ),
 )
 def vqgan_finetuned_model(
     context: AssetExecutionContext,
@@ -234,23 +191,14 @@ def _finetune(
     )
 
 
-class VQGANEvaluationConfig(dg.Config):
-    max_images: int = 500
-    psnr_floor: float = 18.0  # the check fails below this PSNR (dB) of the fine-tuned model
-
-
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch"},
     op_tags=TORCH_STEP,
     deps=[vqgan_finetuned_model],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "psnr_above_floor",
-            asset="vqgan_evaluation",
-            description="The fine-tuned VQGAN's held-out PSNR is above psnr_floor",
-        )
-    ],
+    check_specs=checks(
+        "vqgan_evaluation", psnr_above_floor="The fine-tuned VQGAN's held-out PSNR is above psnr_floor"
+    ),
 )
 def vqgan_evaluation(
     config: VQGANEvaluationConfig,
@@ -292,21 +240,12 @@ def vqgan_evaluation(
     )
 
 
-class ImageTokensConfig(dg.Config):
-    batch_size: int = 64
-    min_codes_used: int = 16  # the codebook-usage check fails below this many distinct codes
-
-
 @dg.asset(
     group_name="models",
     kinds={"pytorch", "deltalake"},
     op_tags=TORCH_STEP,
     deps=[vqgan_finetuned_model, image_manifest],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "codebook_usage", asset="image_tokens", description="How many codebook entries the catalogue uses"
-        )
-    ],
+    check_specs=checks("image_tokens", codebook_usage="How many codebook entries the catalogue uses"),
 )
 def image_tokens(
     config: ImageTokensConfig,
