@@ -136,3 +136,37 @@ def recommendations_for(lk, customer_id: str, k: int = 12) -> pd.DataFrame:
         }
     )
     return out
+
+
+def week_recommendations(
+    model, customers: list[str], data: ServingData, model_name: str, version: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every customer's list for the week after the data (``cold_start`` marks those without
+    purchases), and what an unknown customer gets, both stamped with the week and the model."""
+    start, _ = next_week(data.data_end)
+    stamp = {"week_start": start, "model": model_name, "model_version": int(version)}
+    preds = recommend_all(model, customers).drop(columns=["ignored_history_ids"], errors="ignore")
+    preds = preds.assign(**stamp)
+    preds["cold_start"] = ~preds["customer_id"].isin(set(data.histories["customer_id"]))
+    unknown = unknown_customer_answer(model, customers).assign(**stamp)
+    return preds, unknown
+
+
+def bad_lists(predictions, catalogue: set[str], k: int = 12) -> int:
+    """How many space-separated lists are not ``k`` distinct catalogue articles."""
+    lists = [p.split() for p in predictions]
+    return sum(1 for row in lists if len(row) != k or len(set(row)) != k or not set(row) <= catalogue)
+
+
+def serves(model, data: ServingData) -> tuple[bool, dict]:
+    """Whether a model answers 12 distinct catalogue articles for a known and an unknown customer,
+    and which source answered each."""
+    known = data.histories["customer_id"].iloc[0]
+    answer = model.predict(pd.DataFrame({"customer_id": [known]}))
+    unknown = unknown_customer_answer(model, data.histories["customer_id"].tolist())
+    catalogue = set(data.articles["article_id"])
+    ok = bad_lists([answer["prediction"].iloc[0], unknown["prediction"].iloc[0]], catalogue) == 0
+    return ok, {
+        "known_customer_source": answer["source"].iloc[0],
+        "unknown_customer_source": unknown["source"].iloc[0],
+    }

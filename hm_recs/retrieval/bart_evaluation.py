@@ -297,3 +297,88 @@ def evaluate_bart(
             models = [r for r in out.results if r.week == name] + [b for b in baselines if b.week == name]
             out.cold_start += cold_start_rows(models, weeks[name], seen_before[name], n_boot)
     return out
+
+
+# -- the asset's pieces: stored models, baselines on the same events, the tables it writes ----------
+def stored_recommenders(
+    store, catalogue, weeks: dict[str, TargetWeek], device, settings, index=None, space=None
+):
+    """``make(variant, week, method)`` over the model store: the newest model of the variant trained
+    before the week (never the refit on the week itself), one model in memory at a time."""
+    from hm_recs.models.bart import SequenceCodec, fitted_models, load_bart
+
+    loaded: dict = {}
+
+    def make(variant: str, week: str, method: str) -> BartRecommender:
+        folder = model_for_week(fitted_models(store, variant), weeks[week].start)
+        if folder not in loaded:
+            tok, model, notes = load_bart(folder, device)
+            loaded.clear()
+            codec = SequenceCodec(catalogue, VARIANTS[variant], tok, notes["max_source_tokens"])
+            loaded[folder] = (model, codec, dt.date.fromisoformat(notes["trained_before"]))
+        model, codec, cutoff = loaded[folder]
+        return BartRecommender(
+            f"bart_{variant}",
+            model,
+            codec,
+            method,
+            settings.beams,
+            index,
+            space,
+            settings.generations,
+            trained_before=cutoff,
+        )
+
+    return make
+
+
+def reference_baselines(
+    lake, store, weeks: dict[str, TargetWeek], protocol, device
+) -> list[EvaluationResult]:
+    """``pop_time_decay`` and ``gru4rec_warm`` on the same (possibly sampled) events as BART."""
+    from hm_recs.baselines.popularity import load_popularity
+    from hm_recs.models.gru4rec import GRU4RecRecommender, load_fitted
+
+    out = []
+    for week in ("validation", "test"):
+        out.append(evaluate(load_popularity(lake, "time_decay", week), weeks[week], protocol))
+        out.append(
+            evaluate(GRU4RecRecommender(load_fitted(store, week, device), "warm"), weeks[week], protocol)
+        )
+    return out
+
+
+def write_tables(lake, result: BartEvaluation, protocol) -> None:
+    """The metrics, BERTScore, paired-difference and cold-start tables of a BART evaluation."""
+    import pyarrow as pa
+
+    from hm_recs.evaluation.weeks import write_metrics
+    from hm_recs.tables import BART_COLD_START_TABLE, BART_COMPARISONS_TABLE, BART_TEXT_TABLE
+
+    write_metrics(lake, "bart", result.results, protocol)
+    text = [{**r, "f1_ci": json.dumps(r.get("f1_ci"))} for r in result.text_rows]
+    lake.write(BART_TEXT_TABLE, pa.Table.from_pylist(text))
+    lake.write(BART_COMPARISONS_TABLE, pa.Table.from_pylist(result.comparisons))
+    if result.cold_start:
+        lake.write(BART_COLD_START_TABLE, pa.Table.from_pylist(result.cold_start))
+
+
+def served_settings(result: BartEvaluation, variant: str, settings: BartEvaluationSettings) -> dict:
+    """How the registered recommender grounds its output: constrained for semantic IDs, else the
+    grounding chosen on the validation week."""
+    method = "constrained" if VARIANTS[variant].semantic_ids else result.grounding["chosen"]
+    return {
+        "variant": variant,
+        "grounding": method,
+        "beams": settings.beams,
+        "generations": settings.generations,
+    }
+
+
+def of_variant(result: BartEvaluation, variant: str) -> dict[str, list]:
+    """One variant's sample generations, BERTScore rows and protocol results."""
+    return {
+        "samples": [r for r in result.samples if r["variant"] == variant],
+        "text_rows": [r for r in result.text_rows if r["variant"] == variant],
+        "results": [r for r in result.results if r.model == f"bart_{variant}"],
+    }

@@ -1,13 +1,8 @@
 """BART on the shared protocol, beside POP and GRU4Rec, and its registration."""
 
-import datetime as dt
-import json
-
 import dagster as dg
-import pyarrow as pa
 from dagster import AssetExecutionContext
 
-from hm_recs.baselines.popularity import load_popularity
 from hm_recs.defs.bart.assets import TARGETS, bart_models, load_catalogue
 from hm_recs.defs.bart.config import BartEvaluationConfig
 from hm_recs.defs.bart.items import item_index
@@ -24,10 +19,9 @@ from hm_recs.defs.resources import (
     MLflowResource,
     ModelStoreResource,
 )
-from hm_recs.evaluation.protocol import evaluate, metric_table, metrics_are_sane
-from hm_recs.evaluation.weeks import load_target_weeks, metrics_table, write_metrics
-from hm_recs.models.bart import VARIANTS, SequenceCodec, fitted_models, load_bart
-from hm_recs.models.gru4rec import GRU4RecRecommender, load_fitted
+from hm_recs.evaluation.protocol import metric_table, metrics_are_sane
+from hm_recs.evaluation.weeks import load_target_weeks, metrics_table
+from hm_recs.models.bart import fitted_models
 from hm_recs.profiles import TORCH_STEP
 from hm_recs.registry.logged import log_bart
 from hm_recs.registry.tracking import TrackedRun
@@ -35,18 +29,16 @@ from hm_recs.reports import cold_start_table, differences_table, markdown_table
 from hm_recs.retrieval.bart_evaluation import (
     bought_before,
     evaluate_bart,
-    model_for_week,
+    of_variant,
+    reference_baselines,
+    served_settings,
+    stored_recommenders,
+    write_tables,
 )
-from hm_recs.retrieval.bart_recommender import BartRecommender
 from hm_recs.retrieval.item_index import ItemIndex
 from hm_recs.retrieval.item_space import SPACE_KEY, space_from_settings
 from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.split import load_time_split
-from hm_recs.tables import (
-    BART_COLD_START_TABLE,
-    BART_COMPARISONS_TABLE,
-    BART_TEXT_TABLE,
-)
 
 
 @dg.asset(
@@ -81,113 +73,27 @@ def bart_evaluation(
     lk, store = lake.lake(), models.store()
     device = compute.spec().torch_device()
     protocol = evaluation_protocol.protocol()
-    split = load_time_split(lk)
-    purchases = load_purchases(lk)
+    split, purchases = load_time_split(lk), load_purchases(lk)
     weeks = load_target_weeks(lk, protocol, purchases=purchases, split=split)
     if config.max_events is not None:  # the same seeded sample for BART and the baselines it is compared with
         weeks = {k: w.subset(config.max_events, config.max_customers) for k, w in weeks.items()}
     catalogue = load_catalogue(lk)
     index = ItemIndex(lancedb.uri, lancedb.storage_options())
     space = space_from_settings(index.metadata(SPACE_KEY), device)
-    loaded: dict = {}
-
-    def make(variant: str, week: str, method: str) -> BartRecommender:
-        # the newest model trained before the week (never the refit on the week itself)
-        folder = model_for_week(fitted_models(store, variant), weeks[week].start)
-        if folder not in loaded:
-            tok, model, notes = load_bart(folder, device)
-            loaded.clear()  # one model in memory at a time
-            codec = SequenceCodec(catalogue, VARIANTS[variant], tok, notes["max_source_tokens"])
-            loaded[folder] = (model, codec, dt.date.fromisoformat(notes["trained_before"]))
-        model, codec, cutoff = loaded[folder]
-        return BartRecommender(
-            f"bart_{variant}",
-            model,
-            codec,
-            method,
-            config.beams,
-            index,
-            space,
-            config.generations,
-            trained_before=cutoff,
-        )
-
-    baselines = []
-    for week in TARGETS:
-        baselines.append(evaluate(load_popularity(lk, "time_decay", week), weeks[week], protocol))
-        baselines.append(
-            evaluate(GRU4RecRecommender(load_fitted(store, week, device), "warm"), weeks[week], protocol)
-        )
+    settings = config.settings()
+    make = stored_recommenders(store, catalogue, weeks, device, settings, index, space)
+    baselines = reference_baselines(lk, store, weeks, protocol, device)
     items, days = purchases["article_idx"].to_numpy(), purchases["t_dat"].to_numpy()
     seen = {w: bought_before(items, days, weeks[w].start, len(catalogue)) for w in TARGETS}
+    variants = bart.variant_names()
     result = evaluate_bart(
-        make,
-        bart.variant_names(),
-        weeks,
-        protocol,
-        baselines,
-        seen,
-        config.settings(),
-        space,
-        index,
-        progress=context.log.info,
+        make, variants, weeks, protocol, baselines, seen, settings, space, index, progress=context.log.info
     )
-    write_metrics(lk, "bart", result.results, protocol)
-    lk.write(
-        BART_TEXT_TABLE,
-        pa.Table.from_pylist([{**r, "f1_ci": json.dumps(r.get("f1_ci"))} for r in result.text_rows]),
-    )
-    lk.write(BART_COMPARISONS_TABLE, pa.Table.from_pylist(result.comparisons))
-    if result.cold_start:
-        lk.write(BART_COLD_START_TABLE, pa.Table.from_pylist(result.cold_start))
-
-    meta = table_metadata(lk, metrics_table("bart"), preview_rows=0)
-    meta.update(protocol_metadata(protocol))
-    meta["shared_protocol"] = dg.MetadataValue.md(metric_table(result.results + baselines))
-    meta["paired_differences"] = dg.MetadataValue.md(differences_table(result.comparisons))
-    meta["cold_start"] = dg.MetadataValue.md(cold_start_table(result.cold_start))
-    meta["table4_bertscore"] = dg.MetadataValue.md(
-        markdown_table(pa.Table.from_pylist(result.text_rows), max_chars=40)
-        + "\n\nThe paper (Table 4): BERTScore P/R/F1 about 0.95 / 0.93 / 0.94 (roberta-large scorer)."
-    )
-    meta["grounding"] = dg.MetadataValue.json(result.grounding)
-    meta["events_evaluated"] = dg.MetadataValue.json({k: w.n_events for k, w in weeks.items()})
-    meta["sample_generations"] = dg.MetadataValue.md(
-        markdown_table(pa.Table.from_pylist(result.samples[:12])) if result.samples else ""
-    )
-    registered = {}
-    for variant in bart.variant_names():
-        method = "constrained" if VARIANTS[variant].semantic_ids else result.grounding["chosen"]
-        settings = {
-            "variant": variant,
-            "grounding": method,
-            "beams": config.beams,
-            "generations": config.generations,
-        }
-        run_id = _training_run(context, variant)
-        evaluated = {
-            "samples": [r for r in result.samples if r["variant"] == variant],
-            "text_rows": [r for r in result.text_rows if r["variant"] == variant],
-            "results": [r for r in result.results if r.model == f"bart_{variant}"],
-        }
-        mv = (
-            log_bart(
-                TrackedRun(mlflow.settings(), run_id),
-                lk,
-                variant,
-                settings,
-                fitted_models(store, variant)[-1],  # the newest: on every week when refit for serving
-                lancedb.uri,
-                evaluated,
-            )
-            if run_id
-            else None
-        )
-        registered[variant] = (
-            f"{mv.name} v{mv.version}"
-            if mv is not None
-            else "not registered: no MLflow run recorded for its training"
-        )
+    write_tables(lk, result, protocol)
+    meta = _metadata(lk, protocol, result, baselines, weeks)
+    registered = {
+        v: _register(context, mlflow, lk, store, lancedb.uri, result, v, settings) for v in variants
+    }
     meta["registered_models"] = dg.MetadataValue.json(registered)
     ok, info = metrics_are_sane(result.results)
     valid = all(r.metrics["Coverage@12"][0] > 0 for r in result.results)
@@ -198,6 +104,41 @@ def bart_evaluation(
             dg.AssetCheckResult(check_name="lists_are_valid_distinct_articles", passed=bool(valid)),
         ],
     )
+
+
+def _metadata(lk, protocol, result, baselines, weeks) -> dict:
+    meta = table_metadata(lk, metrics_table("bart"), preview_rows=0)
+    meta.update(protocol_metadata(protocol))
+    meta["shared_protocol"] = dg.MetadataValue.md(metric_table(result.results + baselines))
+    meta["paired_differences"] = dg.MetadataValue.md(differences_table(result.comparisons))
+    meta["cold_start"] = dg.MetadataValue.md(cold_start_table(result.cold_start))
+    meta["table4_bertscore"] = dg.MetadataValue.md(
+        markdown_table(result.text_rows, max_chars=40)
+        + "\n\nThe paper (Table 4): BERTScore P/R/F1 about 0.95 / 0.93 / 0.94 (roberta-large scorer)."
+    )
+    meta["grounding"] = dg.MetadataValue.json(result.grounding)
+    meta["events_evaluated"] = dg.MetadataValue.json({k: w.n_events for k, w in weeks.items()})
+    meta["sample_generations"] = dg.MetadataValue.md(
+        markdown_table(result.samples[:12]) if result.samples else ""
+    )
+    return meta
+
+
+def _register(context, mlflow, lk, store, index_uri, result, variant: str, settings) -> str:
+    """The variant with its grounding on its training run (found in the training asset's metadata)."""
+    run_id = _training_run(context, variant)
+    if run_id is None:
+        return "not registered: no MLflow run recorded for its training"
+    mv = log_bart(
+        TrackedRun(mlflow.settings(), run_id),
+        lk,
+        variant,
+        served_settings(result, variant, settings),
+        fitted_models(store, variant)[-1],  # the newest: on every week when refit for serving
+        index_uri,
+        of_variant(result, variant),
+    )
+    return f"{mv.name} v{mv.version}"
 
 
 def _training_run(context, variant: str) -> str | None:

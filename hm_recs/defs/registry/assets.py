@@ -29,9 +29,10 @@ from hm_recs.registry.logged import cached_serving_data
 from hm_recs.registry.registry import CHAMPION, RECOMMENDER, current_champion, load_champion
 from hm_recs.registry.serving import (
     FALLBACK,
+    bad_lists,
     next_week,
-    recommend_all,
-    unknown_customer_answer,
+    serves,
+    week_recommendations,
     write_submission,
 )
 from hm_recs.reports import markdown_table
@@ -159,21 +160,8 @@ def champion(
 
 
 def servable_check(settings, data) -> dg.AssetCheckResult:
-    model = load_champion(settings)
-    known = data.histories["customer_id"].iloc[0]
-    answer = model.predict(pd.DataFrame({"customer_id": [known]}))
-    unknown = unknown_customer_answer(model, data.histories["customer_id"].tolist())
-    catalogue = set(data.articles["article_id"])
-    lists = [answer["prediction"].iloc[0].split(), unknown["prediction"].iloc[0].split()]
-    ok = all(len(x) == 12 == len(set(x)) and set(x) <= catalogue for x in lists)
-    return dg.AssetCheckResult(
-        check_name="champion_serves",
-        passed=ok,
-        metadata={
-            "known_customer_source": answer["source"].iloc[0],
-            "unknown_customer_source": unknown["source"].iloc[0],
-        },
-    )
+    ok, meta = serves(load_champion(settings), data)
+    return dg.AssetCheckResult(check_name="champion_serves", passed=ok, metadata=meta)
 
 
 @dg.asset(
@@ -204,18 +192,10 @@ def recommendations(
     customers = sorted_ids(lk, CUSTOMER_FEATURES, "customer_id").to_pylist()
     data = cached_serving_data(lk)
     start, end = next_week(data.data_end)
-    preds = recommend_all(model, customers).drop(
-        columns=["ignored_history_ids"], errors="ignore"
-    )  # no histories given here
-    known = set(data.histories["customer_id"])
-    preds["week_start"] = start
-    preds["model"] = champion.tags.get("model", "?")
-    preds["model_version"] = int(champion.version)
-    preds["cold_start"] = ~preds["customer_id"].isin(known)
-    lk.write(RECOMMENDATIONS_TABLE, pa.Table.from_pandas(preds, preserve_index=False))
-    unknown = unknown_customer_answer(model, customers).assign(
-        week_start=start, model=preds["model"].iloc[0], model_version=int(champion.version)
+    preds, unknown = week_recommendations(
+        model, customers, data, champion.tags.get("model", "?"), champion.version
     )
+    lk.write(RECOMMENDATIONS_TABLE, pa.Table.from_pandas(preds, preserve_index=False))
     lk.write(UNKNOWN_TABLE, pa.Table.from_pandas(unknown, preserve_index=False))
     folder = state_dir() / "submissions"
     path = write_submission(preds, customers, folder / f"submission_{start.isoformat()}.csv")
@@ -247,9 +227,7 @@ def recommendations(
         }
     )
     context.log.info(f"{len(preds)} customers, submission at {path}")
-    catalogue = set(data.articles["article_id"])
-    lists = [p.split() for p in preds["prediction"]]
-    bad = sum(1 for row in lists if len(row) != 12 or len(set(row)) != 12 or not set(row) <= catalogue)
+    bad = bad_lists(preds["prediction"], set(data.articles["article_id"]))
     check = dg.AssetCheckResult(
         check_name="every_customer_gets_12_distinct_articles",
         passed=bad == 0 and len(preds) == len(customers),
