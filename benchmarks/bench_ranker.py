@@ -1,12 +1,14 @@
-"""Benchmark: the candidate sources and the learned ranker on a finished demo's lake (issue 14, first step).
+"""Benchmark: the candidate sources and a learned ranker on a finished demo's lake (issue 14, in progress).
 
-    make demo && .venv/bin/python benchmarks/bench_ranker.py [--train-weeks 4]
+    make demo && .venv/bin/python benchmarks/bench_ranker.py [--train-weeks 4] [--no-gru4rec-source]
 
-For each target week of the time split: every candidate source's recall on the week (share of the
-week's customer-article purchases proposed) and candidates per customer, then a LightGBM ranker
-(``lambdarank`` and ``binary``) trained on the ``--train-weeks`` weeks before it, judged on the
-shared protocol beside GRU4Rec (warm) and POP (time-decayed) read from the demo's model store and
-lake, with paired bootstrap differences of MAP@12 per customer. Prints markdown for RESULTS.md.
+For each target week of the time split: every candidate source's recall on the week (share of
+the week's customer-article purchases proposed) and candidates per customer (GRU4Rec's top 50
+among them unless ``--no-gru4rec-source``; no source model ever saw the week it proposes for),
+then a LightGBM ranker (``lambdarank`` and ``binary``) trained on the ``--train-weeks`` weeks
+before it, judged on the shared protocol beside GRU4Rec (warm) and POP (time-decayed) read from
+the demo's model store and lake, with paired bootstrap differences of MAP@12 per customer.
+Prints markdown for RESULTS.md.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +29,13 @@ def main() -> int:
     ap.add_argument(
         "--train-weeks", type=int, default=4, help="weeks of labelled candidates before each target week"
     )
+    ap.add_argument(
+        "--no-gru4rec-source",
+        action="store_true",
+        help="leave GRU4Rec's top 50 out of the sources (by default a GRU4Rec, demo preset, trained "
+        "before the first training week proposes for the training weeks, the demo's model for the "
+        "target week)",
+    )
     args = ap.parse_args()
 
     from hm_recs.artifacts import ModelStore
@@ -34,7 +44,13 @@ def main() -> int:
     from hm_recs.evaluation.metrics import paired_bootstrap_diff
     from hm_recs.evaluation.protocol import EvaluationProtocol, evaluate
     from hm_recs.evaluation.weeks import load_target_weeks
-    from hm_recs.models.gru4rec import GRU4RecRecommender, load_fitted
+    from hm_recs.models.gru4rec import (
+        PRESETS,
+        GRU4RecRecommender,
+        load_fitted,
+        train_resumable,
+        training_data,
+    )
     from hm_recs.paths import models_dir, state_dir
     from hm_recs.ranking import candidates as cand
     from hm_recs.ranking.ranker import (
@@ -59,7 +75,16 @@ def main() -> int:
     models = []
     for name, start in (("validation", split.validation_start), ("test", split.test_start)):
         who = cand.customers_of(purchases, start)
-        table = candidate_table(purchases, customers, articles, start, who)
+        first = start - dt.timedelta(days=7 * args.train_weeks)
+        served, past = {}, {}
+        if not args.no_gru4rec_source:  # each week's source model never saw that week
+            served = {"gru4rec": GRU4RecRecommender(load_fitted(store, name), "warm")}
+            cfg = PRESETS["demo"]
+            data, items, support = training_data(purchases, first, cfg.repeats)
+            with tempfile.TemporaryDirectory() as tmp:
+                early, _ = train_resumable(data, items, support, cfg, tmp, f"ranker-{first}", progress=False)
+            past = {"gru4rec": GRU4RecRecommender(early, "warm")}
+        table = candidate_table(purchases, customers, articles, start, who, served)
         for source in [c for c in table.columns if c.startswith("score_")] + ["union"]:
             rows = table if source == "union" else table[table[source].notna()]
             s = cand.candidate_recall(rows, purchases, start)
@@ -69,12 +94,8 @@ def main() -> int:
                 f"{s['candidates_per_customer']:.1f} |"
             )
         t = time.perf_counter()
-        frame = training_frame(
-            purchases,
-            customers,
-            articles,
-            [start - dt.timedelta(days=7 * k) for k in range(args.train_weeks, 0, -1)],
-        )
+        train_weeks = [start - dt.timedelta(days=7 * k) for k in range(args.train_weeks, 0, -1)]
+        frame = training_frame(purchases, customers, articles, train_weeks, past)
         table = add_features(table, purchases, customers, start)
         fallback = cand.popular(purchases, start, n=200)["article_idx"].to_numpy()
         res = {}

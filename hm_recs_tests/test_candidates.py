@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 
 from hm_recs.ranking import candidates as c
@@ -84,3 +85,22 @@ def test_candidate_recall_counts_the_next_weeks_purchases_covered():
     assert stats["customers_hit"] == 1 / 3
     assert c.customers_of(everything, CUTOFF).tolist() == [0, 1, 2]
     assert stats["candidates_per_customer"] > 0
+
+
+def test_a_models_top_n_is_a_source_fed_only_the_history_before_the_cutoff():
+    class Recorder:  # a minimal protocol recommender (the customer's own history, newest first) that records its input
+        name = "recorder"
+
+        def recommend(self, customers, histories, session_starts, k):
+            self.seen = [h.tolist() for h in histories]
+            out = [-np.ones(k, int) for _ in customers]
+            for row, h in zip(out, histories, strict=True):
+                own = list(dict.fromkeys(h[::-1].tolist()))[:k]
+                row[: len(own)] = own
+            return np.stack(out)
+
+    model = Recorder()
+    rows = c.from_recommender(model, _purchases(HISTORY + FUTURE), CUTOFF, [0, 1], n=3)
+    assert model.seen == [[10, 11, 10, 11], [10, 12]]  # oldest first, nothing from the cutoff on
+    assert rows[rows.customer_idx == 0].article_idx.tolist() == [11, 10]
+    assert rows[rows.customer_idx == 0].score.tolist() == [3.0, 2.0]  # first proposal scores highest

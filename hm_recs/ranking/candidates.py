@@ -185,3 +185,22 @@ def customers_of(purchases: pd.DataFrame, start: dt.date, days: int = 7) -> Sequ
     """The customers who bought in the ``days`` days from ``start`` (the ones a ranker is judged on)."""
     days_from = -_days_before(purchases, start)
     return np.unique(purchases.loc[(days_from >= 0) & (days_from < days), "customer_idx"].to_numpy())
+
+
+def from_recommender(recommender, purchases: pd.DataFrame, cutoff: dt.date, who, n: int = 50) -> pd.DataFrame:
+    """A model's top ``n`` for each customer in ``who`` from their whole history before ``cutoff``
+    (any protocol ``Recommender``: GRU4Rec warm, BART), scored ``n - rank`` so a source's first
+    proposal scores highest."""
+    past = before(purchases, cutoff).sort_values(["customer_idx", "t_dat"], kind="stable")
+    histories = past.groupby("customer_idx")["article_idx"].apply(lambda s: s.to_numpy(np.int64))
+    customers = np.asarray(who, np.int64)
+    lists = [histories.get(c, np.empty(0, np.int64)) for c in customers]
+    top = recommender.recommend(customers, lists, np.zeros(len(customers), np.int64), n)
+    rows = pd.DataFrame(
+        {
+            "customer_idx": np.repeat(customers, n),
+            "article_idx": top.reshape(-1),
+            "score": np.tile(np.arange(n, 0, -1, dtype=float), len(customers)),
+        }
+    )
+    return rows[rows["article_idx"] >= 0].reset_index(drop=True)

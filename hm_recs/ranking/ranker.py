@@ -25,6 +25,7 @@ FEATURES = [
     "score_popular",
     "score_popular_age",
     "score_same_product",
+    "score_gru4rec",
     "n_sources",
     "customer_purchases",
     "customer_days_since_last",
@@ -40,9 +41,15 @@ OBJECTIVES = ("lambdarank", "binary")
 
 
 def candidate_table(
-    purchases: pd.DataFrame, customers: pd.DataFrame, articles: pd.DataFrame, cutoff: dt.date, who
+    purchases: pd.DataFrame,
+    customers: pd.DataFrame,
+    articles: pd.DataFrame,
+    cutoff: dt.date,
+    who,
+    models: dict | None = None,
 ) -> pd.DataFrame:
-    """The union of every source at ``cutoff`` for the customers ``who`` (one score column each)."""
+    """The union of every source at ``cutoff`` for the customers ``who`` (one score column each);
+    ``models``: name -> a protocol recommender trained before ``cutoff``, whose top 50 is a source."""
     asked = customers[customers["customer_idx"].isin(who)][["customer_idx", "age"]]
     banded = asked.assign(band=cand.age_band(asked["age"]))
     sources = {
@@ -52,6 +59,8 @@ def candidate_table(
         "popular_age": cand.expand(cand.popular_by_age(purchases, customers, cutoff), banded, "band"),
         "same_product": cand.same_product(purchases, articles, cutoff),
     }
+    for name, model in (models or {}).items():
+        sources[name] = cand.from_recommender(model, purchases, cutoff, who)
     return cand.union({k: v[v["customer_idx"].isin(who)] for k, v in sources.items()})
 
 
@@ -101,16 +110,20 @@ def labelled(table: pd.DataFrame, purchases: pd.DataFrame, start: dt.date, days:
 
 
 def training_frame(
-    purchases: pd.DataFrame, customers: pd.DataFrame, articles: pd.DataFrame, weeks: Sequence[dt.date]
+    purchases: pd.DataFrame,
+    customers: pd.DataFrame,
+    articles: pd.DataFrame,
+    weeks: Sequence[dt.date],
+    models: dict | None = None,
 ) -> pd.DataFrame:
     """Candidates, features and labels for each week start in ``weeks`` (its buyers only), with the
-    week as ``week``: the ranker learns from weeks that all end before the week it is judged on."""
+    week as ``week``: the ranker learns from weeks that all end before the week it is judged on.
+    ``models`` (name -> recommender) must have been trained before the first of ``weeks``."""
     parts = []
     for start in weeks:
         who = cand.customers_of(purchases, start)
-        table = add_features(
-            candidate_table(purchases, customers, articles, start, who), purchases, customers, start
-        )
+        table = candidate_table(purchases, customers, articles, start, who, models)
+        table = add_features(table, purchases, customers, start)
         parts.append(labelled(table, purchases, start).assign(week=start))
     return pd.concat(parts, ignore_index=True)
 
