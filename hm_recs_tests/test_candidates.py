@@ -88,7 +88,9 @@ def test_candidate_recall_counts_the_next_weeks_purchases_covered():
 
 
 def test_a_models_top_n_is_a_source_fed_only_the_history_before_the_cutoff():
-    class Recorder:  # a minimal protocol recommender (the customer's own history, newest first) that records its input
+    class Recorder:
+        """A minimal protocol recommender: the customer's own history, newest first; keeps its input."""
+
         name = "recorder"
 
         def recommend(self, customers, histories, session_starts, k):
