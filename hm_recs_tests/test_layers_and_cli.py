@@ -153,3 +153,15 @@ def test_the_environment_is_read_in_one_place():
 
     with pytest.raises(KeyError, match="not a declared"):
         setting("HM_NOT_A_SETTING")
+
+
+def test_a_stored_lookup_does_not_load_the_model_libraries():
+    """`hm-recs recommend` reads the stored lists: the resources it builds must not pull in torch or
+    Lightning (importing them took 5 of the command's 12 seconds)."""
+    code = (
+        "import sys; import hm_recs.cli, hm_recs.defs.resources, hm_recs.registry.serving; "
+        "print(sorted(m for m in ('torch', 'lightning', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

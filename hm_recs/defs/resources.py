@@ -18,7 +18,6 @@ from hm_recs.artifacts import ModelStore
 from hm_recs.compute import DeviceSpec
 from hm_recs.data.delta import Lake
 from hm_recs.evaluation.protocol import EvaluationProtocol
-from hm_recs.models.bart import VARIANTS
 from hm_recs.paths import (
     default_lake_uri,
     default_synthetic_dir,
@@ -27,6 +26,7 @@ from hm_recs.paths import (
     models_dir,
     state_dir,
 )
+from hm_recs.profiles import VARIANTS  # the names only: models.bart imports torch and Lightning
 from hm_recs.registry.tracking import TrackingSettings, asset_run
 from hm_recs.sessions.spark import spark_conf
 from hm_recs.settings import (
@@ -158,7 +158,9 @@ class BartResource(dg.ConfigurableResource):
 
     def budget(self, variant: str) -> int:
         """The variant's source budget in tokens."""
-        own = VARIANTS[variant].max_source_tokens
+        from hm_recs.models.bart import VARIANTS as SPECS
+
+        own = SPECS[variant].max_source_tokens
         return int(self.source_tokens.get(variant) or self.max_source_tokens or own)
 
 
