@@ -144,7 +144,7 @@ def test_delta_and_lancedb_through_s3(tmp_path):
         s3.create_bucket(Bucket="hm-lake")
         lake = LakeResource(
             root="s3://hm-lake/lake", aws_endpoint_url=endpoint, aws_allow_http=True, **creds
-        ).lake()
+        ).open()
         table = pa.table({"article_id": ["0108775015", "0108775044"], "n": [1, 2]})
         v0 = lake.write("clean/articles", table)
         v1 = lake.write("clean/articles", table)  # idempotent rewrite: a new version, the same rows

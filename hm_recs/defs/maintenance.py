@@ -17,7 +17,7 @@ class MaintenanceConfig(dg.Config):
 
 @dg.op(description="Compact and vacuum every Delta table of the lake", tags={"hm_recs/writes": "maintenance"})
 def maintain_lake(context: dg.OpExecutionContext, config: MaintenanceConfig, lake: LakeResource) -> dg.Output:
-    lk = lake.lake()
+    lk = lake.open()
     rows = {}
     for name in lk.tables():
         rows[name] = lk.maintain(name, config.retention_days * 24)

@@ -91,7 +91,8 @@ class LakeResource(ObjectStoreSettings):
             opts.setdefault("AWS_S3_ALLOW_UNSAFE_RENAME", "true")
         return opts
 
-    def lake(self) -> Lake:
+    def open(self) -> Lake:
+        """The lake as a ``Lake`` (read, write, versions, time travel)."""
         return Lake(self.root, self.storage_options())
 
     def scratch_dir(self) -> str:
@@ -266,7 +267,7 @@ def configured_lake() -> Lake:
     aws = {k: setting(env) for k, env in _AWS_ENV if is_set(env)}
     return LakeResource(
         root=default_lake_uri(), aws_allow_http=bool(aws.get("aws_endpoint_url")), **aws
-    ).lake()
+    ).open()
 
 
 def build_resources() -> dict[str, object]:

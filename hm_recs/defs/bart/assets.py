@@ -62,7 +62,7 @@ def bart_tokenizer(
     """The tokenizer every variant shares: the pretrained one, or a byte-level BPE trained on the
     catalogue's article texts; plus ``<item>``, one token per VQGAN code (``<img_0>`` ...) and the
     semantic-ID tokens (``<sid0_0>`` ...)."""
-    lk = lake.lake()
+    lk = lake.open()
     catalogue = load_catalogue(lk)
     sids = catalogue_vocabulary(catalogue)
     tokenizer, _ = build_model(
@@ -90,7 +90,7 @@ def bart_training_sequences(
     """Every customer's purchases up to the end of the validation week, in order (consecutive repeats
     collapsed): the training pairs of both target weeks come from it. Metadata: how many history
     articles each variant's source budget fits, and example sources."""
-    lk = lake.lake()
+    lk = lake.open()
     split = load_time_split(lk)
     seqs = purchase_sequences(load_purchases(lk), end=split.validation_end)
     lk.write(SEQUENCES, sequences_table(seqs))
@@ -146,7 +146,7 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
         mlflow: MLflowResource,
         models: ModelStoreResource,
     ) -> dg.MaterializeResult:
-        lk = lake.lake()
+        lk = lake.open()
         with mlflow.run(context, f"bart_model_{variant}", lk, (SEQUENCES,)) as run:
             run.log_params(
                 {

@@ -70,7 +70,7 @@ def bart_evaluation(
     ``gru4rec_warm`` and between image variants and their text-only twins, cold-start events,
     BERTScore (the paper's Table 4) and how close free generations come to real articles; registers
     each variant as ``hm_recs_bart_<variant>``."""
-    lk, store = lake.lake(), models.store()
+    lk, store = lake.open(), models.store()
     device = compute.spec().torch_device()
     protocol = evaluation_protocol.protocol()
     split, purchases = load_time_split(lk), load_purchases(lk)

@@ -60,7 +60,7 @@ def item_index(
     """Every article in LanceDB: text, attributes, a sentence-encoder text vector, the VQGAN image
     vector and their join (the item space grounding and the semantic IDs use), with an ANN index
     and full-text search."""
-    lk = lake.lake()
+    lk = lake.open()
     tables = CatalogueTables.from_lake(lk)
     articles, codebook = tables.articles, tables.codebook
     texts = [item_text(r) for r in articles.to_dict("records")]
@@ -159,7 +159,7 @@ def semantic_ids(
     """Every article's semantic ID: residual k-means over its joined text + image vector
     (``multimodal``) and, for the text-only twin, over its text vector alone (``text``); a final
     token makes each code unique. Codes come from content, so unsold articles have one too."""
-    lk = lake.lake()
+    lk = lake.open()
     index = ItemIndex(lancedb.uri, lancedb.storage_options())
     settings = SemanticIdSettings(config.levels, config.codebook_size, config.iterations, config.seed)
     idx, joined = index.vectors("vector")

@@ -42,7 +42,7 @@ def popularity_baselines(
     """Top articles by popularity for each variant, fit once per cutoff: before the validation week
     (for tuning), before the test week (training + validation data) and on every week (the list
     served next week). Each variant's serving list is registered in MLflow as ``hm_recs_pop_<variant>``."""
-    lk = lake.lake()
+    lk = lake.open()
     meta, check = _fit_popularity(config, lk)
     split = load_time_split(lk)
     versions, links = {}, {}

@@ -48,7 +48,7 @@ def evaluation_events(
 ) -> dg.MaterializeResult:
     """The next-item prediction events and MAP@12 customers of the validation and test weeks that
     every model is judged on (one row per event, for inspection)."""
-    lk = lake.lake()
+    lk = lake.open()
     protocol = evaluation_protocol.protocol()
     weeks = load_target_weeks(lk, protocol)
     lk.write(EVENTS_TABLE, events_table(weeks))
@@ -81,7 +81,7 @@ def popularity_evaluation(
 ) -> dg.MaterializeResult:
     """The popularity baselines on the validation and test weeks: Recall / MRR / NDCG at 1, 3, 5,
     10, 20 over next-item events, MAP@12 per customer, coverage, with 95 % bootstrap intervals."""
-    lk = lake.lake()
+    lk = lake.open()
     protocol = evaluation_protocol.protocol()
     weeks = load_target_weeks(lk, protocol)
     results = [

@@ -101,7 +101,7 @@ def gru4rec_model(
     numbers) and with ``refit_for_serving`` one on every week, which is registered as
     ``hm_recs_gru4rec`` (warm mode: whole history) and served. A checkpoint per epoch; a re-run
     after a kill resumes from the last finished epoch. One MLflow run."""
-    lk, store = lake.lake(), models.store()
+    lk, store = lake.open(), models.store()
     with mlflow.run(context, "gru4rec_model", lk, (SESSIONS_TABLE,)) as run:
         result = _train_gru4rec(context, config, lk, compute, run, store)
         served = fit_targets(config.refit_for_test, config.refit_for_serving)[-1]
@@ -205,7 +205,7 @@ def gru4rec_evaluation(
     """GRU4Rec judged twice: the authors' protocol (the paper's Table 2 layout: conservative ties,
     zero state per session, events with unseen items skipped) and the shared protocol with POP
     (session-only and warm-started from the customer's earlier weeks)."""
-    lk = lake.lake()
+    lk = lake.open()
     device = compute.spec().torch_device()
     protocol = evaluation_protocol.protocol()
     split = load_time_split(lk)

@@ -79,8 +79,8 @@ def _raw_asset(contract: TableContract) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         path = find_table_file(hm_data.data_dir, contract)
         context.log.info(f"reading {path}")
-        result = ingest.load_raw(hm_data.data_dir, contract, lake.lake())
-        meta = _step_metadata(result, lake.lake())
+        result = ingest.load_raw(hm_data.data_dir, contract, lake.open())
+        meta = _step_metadata(result, lake.open())
         stat = path.stat()
         meta["source_bytes"] = dg.MetadataValue.int(stat.st_size)
         meta["source_mtime"] = dg.MetadataValue.timestamp(stat.st_mtime)
@@ -156,9 +156,9 @@ def _reject_spec(asset: str) -> list[dg.AssetCheckSpec]:
 )
 def clean_articles(config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Articles typed and validated: 10-digit unique ids, product code matching, integer codes."""
-    result = ingest.clean(ARTICLES, lake.lake(), **config.guards())
+    result = ingest.clean(ARTICLES, lake.open(), **config.guards())
     return dg.MaterializeResult(
-        metadata=_step_metadata(result, lake.lake()), check_results=_checks(result, "clean_articles", config)
+        metadata=_step_metadata(result, lake.open()), check_results=_checks(result, "clean_articles", config)
     )
 
 
@@ -167,9 +167,9 @@ def clean_articles(config: CleanConfig, lake: LakeResource) -> dg.MaterializeRes
 )
 def clean_customers(config: CleanConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Customers typed and validated: 64-hex unique ids, known statuses, ages in [0, 120]."""
-    result = ingest.clean(CUSTOMERS, lake.lake(), **config.guards())
+    result = ingest.clean(CUSTOMERS, lake.open(), **config.guards())
     return dg.MaterializeResult(
-        metadata=_step_metadata(result, lake.lake()), check_results=_checks(result, "clean_customers", config)
+        metadata=_step_metadata(result, lake.open()), check_results=_checks(result, "clean_customers", config)
     )
 
 
@@ -185,7 +185,7 @@ def clean_transactions(
     """Transactions typed and validated, with the source line (a stable order within a day); rows
     whose article or customer is unknown are rejected. The weeks of the data become partitions of
     ``sessions`` (``hm_recs.defs.partitions``)."""
-    lk = lake.lake()
+    lk = lake.open()
     result = ingest.clean(
         TRANSACTIONS,
         lk,
@@ -222,7 +222,7 @@ def image_manifest(
     """Every article's photo path with status ok / missing / corrupt and its size; never fails on a bad
     image.
     """
-    lk = lake.lake()
+    lk = lake.open()
     ids = lk.read(ingest.clean_table_name(ARTICLES), columns=["article_id"]).column(0).to_pylist()
     manifest = build_image_manifest(hm_data.data_dir, ids, workers=config.workers)
     lk.write(IMAGE_MANIFEST, manifest)
@@ -253,7 +253,7 @@ def _value_counts(col):
 def article_features(config: FeaturesConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Articles for the models (paper section 5.2): null policy, imbalanced columns dropped,
     ordinal codes, ``article_idx``, and the rendered text description each language model reads."""
-    lk = lake.lake()
+    lk = lake.open()
     table, report = build_article_features(
         lk.read(ingest.clean_table_name(ARTICLES)), config.imbalance_threshold
     )
@@ -268,7 +268,7 @@ def article_features(config: FeaturesConfig, lake: LakeResource) -> dg.Materiali
 def customer_features(config: FeaturesConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Customers for the models: null policy (FN/Active empty = 0, age median + flag), imbalanced
     columns dropped (e.g. club_member_status, 93 % ACTIVE), ordinal postal codes, ``customer_idx``."""
-    lk = lake.lake()
+    lk = lake.open()
     table, report = build_customer_features(
         lk.read(ingest.clean_table_name(CUSTOMERS)), config.imbalance_threshold
     )

@@ -51,7 +51,7 @@ def model_comparison(
     """Every model on the same weeks in one table: Recall@K and MRR@K (K = 1, 3, 5, 10, 20), MAP@12,
     BERTScore where it applies, events scored, training time and parameters; a chart; each model's
     metrics on its own MLflow run."""
-    lk = lake.lake()
+    lk = lake.open()
     metrics = read_metrics(lk)
     if metrics.empty:
         raise ValueError("no evaluation metrics: materialize the evaluation assets first")
@@ -129,7 +129,7 @@ def champion(
     ``hm_recs_recommender`` when it beats the champion by ``min_improvement`` (or refreshes the
     champion's own family on newer data within ``refit_tolerance``); else it is the ``challenger``.
     Every decision is recorded here and tagged on the registry version."""
-    lk = lake.lake()
+    lk = lake.open()
     settings = mlflow.settings()
     comparison = lk.read(COMPARISON_TABLE).to_pandas()
     facts = training_facts(settings, comparison["registered_model"].tolist())
@@ -183,7 +183,7 @@ def recommendations(
     from hm_recs.sessions.purchases import sorted_ids
     from hm_recs.tables import CUSTOMER_FEATURES
 
-    lk = lake.lake()
+    lk = lake.open()
     settings = mlflow.settings()
     champion = current_champion(settings)
     if champion is None:

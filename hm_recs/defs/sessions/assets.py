@@ -48,7 +48,7 @@ def sessions(
     """Customer x week sessions (Wednesday to Tuesday), one row per unit bought, ordered by
     (day, source line); Delta table partitioned by ``week_start``. A run can cover a range of weeks
     (a backfill is one Spark job)."""
-    lk = lake.lake()
+    lk = lake.open()
     first, last = _week_range(context)
     context.log.info(f"sessionizing weeks {first} .. {last} on {pyspark.spark_config.get('spark.master')}")
     spark = pyspark.spark_session
@@ -132,7 +132,7 @@ class TimeSplitConfig(dg.Config):
 )
 def time_split(config: TimeSplitConfig, lake: LakeResource) -> dg.MaterializeResult:
     """The Kaggle protocol's time split: last 7 days test, the 7 before validation, earlier training."""
-    lk = lake.lake()
+    lk = lake.open()
     data = lk.read(SESSIONS_TABLE, columns=["t_dat", "session_id", "customer_id", "article_id"])
     lo, hi = pc.min_max(data.column("t_dat")).values()
     split = TimeSplit.from_dates(lo.as_py(), hi.as_py(), config.test_days, config.validation_days)

@@ -112,7 +112,7 @@ def vqgan_finetuned_model(
     """The base VQGAN fine-tuned on the product photos (all but the ~5 % held out for evaluation),
     with taming's GAN training under Lightning 2; checkpoints every ``checkpoint_every`` steps and
     resumes after a kill. One MLflow run; registered as ``hm_recs_vqgan`` (image path -> tokens)."""
-    lk = lake.lake()
+    lk = lake.open()
     with mlflow.run(context, "vqgan_finetuned_model", lk, (IMAGE_MANIFEST,)) as run:
         result, weights, plots = _finetune(context, config, hm_data, lk, compute, run, models.store())
         for name, png in plots.items():
@@ -209,7 +209,7 @@ def vqgan_evaluation(
 ) -> dg.MaterializeResult:
     """PSNR, SSIM and LPIPS of the base and the fine-tuned model on the same held-out photos,
     side by side like the paper's Table 3. LPIPS is reported only when it is calibrated."""
-    lk = lake.lake()
+    lk = lake.open()
     device = compute.spec().torch_device()
     ids, paths = _usable_images(lk, hm_data.data_dir)
     held = [p for a, p in zip(ids, paths, strict=True) if held_out(a)][: config.max_images]
@@ -257,7 +257,7 @@ def image_tokens(
     """Every article's photo as a grid of VQGAN codes (Delta: article_id, status, tokens as a list
     of small ints, model version), plus the codebook embeddings. Articles without a usable photo get
     status ``missing`` / ``corrupt`` and no tokens."""
-    lk = lake.lake()
+    lk = lake.open()
     device = compute.spec().torch_device()
     weights = models.store().pull(VQGAN_FINETUNED, required=True)
     model, _ = load_model(weights)
