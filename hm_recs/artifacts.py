@@ -14,6 +14,7 @@ to here; boto3 is already installed, and S3 is the object store the deployment u
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ class ModelStore:
             raise FileNotFoundError(f"the model store holds nothing at {self.uri(key)}")
         known = self._manifest(key)
         bucket, prefix = self._bucket_prefix(key)
-        client = self._client()
+        client = self._client
         for name, etag in listing.items():
             target = self._local_file(key, name)
             if known.get(name) == etag and target.exists():
@@ -103,7 +104,7 @@ class ModelStore:
         if not local.exists():
             raise FileNotFoundError(f"nothing to store: {local} does not exist")
         bucket, prefix = self._bucket_prefix(key)
-        client = self._client()
+        client = self._client
         known = self._manifest(key)
         files = self._local_files(key)
         for name, path in files.items():
@@ -125,7 +126,7 @@ class ModelStore:
         if self.remote and self._listing(key):
             bucket, prefix = self._bucket_prefix(key)
             names = list(self._listing(key))
-            self._client().delete_objects(
+            self._client.delete_objects(
                 Bucket=bucket, Delete={"Objects": [{"Key": self._object(prefix, n)} for n in names]}
             )
             self._manifest_path(key).unlink(missing_ok=True)
@@ -135,7 +136,9 @@ class ModelStore:
             local.unlink()
 
     # -- S3 details -------------------------------------------------------------------------------
+    @functools.cached_property
     def _client(self):
+        """One boto3 client for the store's life (a client costs tens of milliseconds to build)."""
         import boto3
 
         return boto3.client("s3", **self.s3)
@@ -152,7 +155,7 @@ class ModelStore:
         """Stored objects of ``key`` -> ETag; the name ``""`` when ``key`` is a single object."""
         bucket, prefix = self._bucket_prefix(key)
         out: dict[str, str] = {}
-        pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for page in pages:
             for obj in page.get("Contents", []):
                 name = obj["Key"]

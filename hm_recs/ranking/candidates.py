@@ -35,7 +35,8 @@ def before(purchases: pd.DataFrame, cutoff: dt.date, weeks: int | None = None) -
     return purchases.loc[keep, ["customer_idx", "article_idx", "t_dat"]]
 
 
-def _days_before(frame: pd.DataFrame, cutoff: dt.date) -> np.ndarray:
+def days_before(frame: pd.DataFrame, cutoff: dt.date) -> np.ndarray:
+    """Whole days from each row's ``t_dat`` to ``cutoff`` (1 for the day before it; <= 0 on or after)."""
     days = frame["t_dat"].to_numpy().astype("datetime64[D]")
     return (np.datetime64(cutoff, "D") - days).astype(np.int64)
 
@@ -49,7 +50,7 @@ def _top_per_customer(frame: pd.DataFrame, n: int) -> pd.DataFrame:
 def repurchase(purchases: pd.DataFrame, cutoff: dt.date, n: int = 12, half_life_days: float = 30.0):
     """Each customer's own past articles, scored by purchases decayed with their age in days."""
     past = before(purchases, cutoff)
-    weight = 0.5 ** (_days_before(past, cutoff) / half_life_days)
+    weight = 0.5 ** (days_before(past, cutoff) / half_life_days)
     scored = past.assign(score=weight).groupby(["customer_idx", "article_idx"], as_index=False)["score"].sum()
     return _top_per_customer(scored, n)
 
@@ -67,7 +68,7 @@ def copurchase(
     recent article proposes its ``partners`` most frequent partners, scored by how often the pair
     was bought together."""
     window = before(purchases, cutoff, weeks)
-    week = (_days_before(window, cutoff) - 1) // 7  # weeks counted back from the cutoff, as the protocol's
+    week = (days_before(window, cutoff) - 1) // 7  # weeks counted back from the cutoff, as the protocol's
     baskets = window.assign(week=week)[["customer_idx", "week", "article_idx"]].drop_duplicates()
     pairs = baskets.merge(baskets, on=["customer_idx", "week"], suffixes=("", "_with"))
     pairs = pairs[pairs["article_idx"] != pairs["article_idx_with"]]
@@ -87,7 +88,7 @@ def copurchase(
 def popular(purchases: pd.DataFrame, cutoff: dt.date, n: int = 12, days: int = 7) -> pd.DataFrame:
     """The ``n`` best sellers of the last ``days`` days, for everyone: ``article_idx, score``."""
     recent = before(purchases, cutoff)
-    recent = recent[_days_before(recent, cutoff) <= days]
+    recent = recent[days_before(recent, cutoff) <= days]
     counts = recent.groupby("article_idx", as_index=False).size().rename(columns={"size": "score"})
     counts = counts.sort_values(["score", "article_idx"], ascending=[False, True]).head(n)
     return counts.astype({"score": float}).reset_index(drop=True)
@@ -106,7 +107,7 @@ def popular_by_age(
     ``band, article_idx, score`` (``customers``: customer_idx, age)."""
     bands = customers.assign(band=age_band(customers["age"]))[["customer_idx", "band"]]
     recent = before(purchases, cutoff)
-    recent = recent[_days_before(recent, cutoff) <= days].merge(bands, on="customer_idx")
+    recent = recent[days_before(recent, cutoff) <= days].merge(bands, on="customer_idx")
     counts = recent.groupby(["band", "article_idx"], as_index=False).size().rename(columns={"size": "score"})
     counts = counts.sort_values(["band", "score", "article_idx"], ascending=[True, False, True])
     return counts.groupby("band", sort=False).head(n).astype({"score": float}).reset_index(drop=True)
@@ -158,7 +159,7 @@ def candidate_recall(
     """On the ``days`` days from ``start``: the share of (customer, article) purchases the candidates
     cover, the share of those customers with at least one covered purchase, and the mean number of
     candidates per customer who bought that week."""
-    days_from = -_days_before(purchases, start)
+    days_from = -days_before(purchases, start)
     week = purchases.loc[(days_from >= 0) & (days_from < days), ["customer_idx", "article_idx"]]
     week = week.drop_duplicates()
     if week.empty:
@@ -183,7 +184,7 @@ def candidate_recall(
 
 def customers_of(purchases: pd.DataFrame, start: dt.date, days: int = 7) -> Sequence[int]:
     """The customers who bought in the ``days`` days from ``start`` (the ones a ranker is judged on)."""
-    days_from = -_days_before(purchases, start)
+    days_from = -days_before(purchases, start)
     return np.unique(purchases.loc[(days_from >= 0) & (days_from < days), "customer_idx"].to_numpy())
 
 

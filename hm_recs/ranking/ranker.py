@@ -70,7 +70,7 @@ def add_features(
     """``table`` (customer_idx, article_idx, score_<source>...) with every column of ``FEATURES``;
     each reads purchases before ``cutoff`` only."""
     past = cand.before(purchases, cutoff)
-    ago = cand._days_before(past, cutoff)
+    ago = cand.days_before(past, cutoff)
     past = past.assign(ago=ago)
     by_customer = past.groupby("customer_idx").agg(
         customer_purchases=("article_idx", "size"), customer_days_since_last=("ago", "min")
@@ -103,7 +103,7 @@ def add_features(
 
 def labelled(table: pd.DataFrame, purchases: pd.DataFrame, start: dt.date, days: int = 7) -> pd.DataFrame:
     """``table`` with ``label`` 1 where the customer bought the article in the ``days`` from ``start``."""
-    since = -cand._days_before(purchases, start)
+    since = -cand.days_before(purchases, start)
     week = purchases.loc[(since >= 0) & (since < days), ["customer_idx", "article_idx"]].drop_duplicates()
     out = table.merge(week.assign(label=1), on=["customer_idx", "article_idx"], how="left")
     return out.fillna({"label": 0}).astype({"label": int})

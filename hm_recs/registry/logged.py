@@ -86,10 +86,12 @@ def log_bart(
     model: Path,
     lancedb_uri: str,
     evaluation: dict[str, list],
+    tables=None,
 ):
     """Register a BART variant with its grounding as ``hm_recs_bart_<variant>`` on its training run:
     the model folder, the catalogue as it was read for evaluation (image codes, semantic IDs) and,
     for nearest grounding, the item index (copied when local, by URI when in an object store).
+    ``tables``: the ``CatalogueTables`` the evaluation read (None: read from the lake).
     ``evaluation``: the variant's ``samples``, BERTScore ``text_rows`` and protocol ``results``,
     logged on the run beside the model."""
     import json
@@ -111,7 +113,8 @@ def log_bart(
         run.log_metrics({f"{res.week}_{m.replace('@', '_at_')}": v for m, (v, _, _) in res.metrics.items()})
     trained_before = dt.date.fromisoformat(json.loads((model / "hm_recs.json").read_text())["trained_before"])
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"model": model, **CatalogueTables.from_lake(lake).write(Path(tmp))}
+        tables = tables if tables is not None else CatalogueTables.from_lake(lake)
+        files = {"model": model, **tables.write(Path(tmp))}
         if settings["grounding"] == "nearest":
             if "://" in lancedb_uri:
                 settings = {**settings, "index_uri": lancedb_uri}

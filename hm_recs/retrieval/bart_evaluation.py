@@ -308,9 +308,12 @@ def stored_recommenders(
     from hm_recs.models.bart import SequenceCodec, fitted_models, load_bart
 
     loaded: dict = {}
+    folders: dict[str, list] = {}  # each variant's fitted models, fetched once
 
     def make(variant: str, week: str, method: str) -> BartRecommender:
-        folder = model_for_week(fitted_models(store, variant), weeks[week].start)
+        if variant not in folders:
+            folders[variant] = fitted_models(store, variant)
+        folder = model_for_week(folders[variant], weeks[week].start)
         if folder not in loaded:
             tok, model, notes = load_bart(folder, device)
             loaded.clear()

@@ -3,7 +3,7 @@
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from hm_recs.defs.bart.assets import TARGETS, bart_models, load_catalogue
+from hm_recs.defs.bart.assets import TARGETS, bart_models
 from hm_recs.defs.bart.config import BartEvaluationConfig
 from hm_recs.defs.bart.items import item_index
 from hm_recs.defs.baselines.assets import popularity_baselines
@@ -35,6 +35,7 @@ from hm_recs.retrieval.bart_evaluation import (
     stored_recommenders,
     write_tables,
 )
+from hm_recs.retrieval.catalogue import CatalogueTables
 from hm_recs.retrieval.item_index import ItemIndex
 from hm_recs.retrieval.item_space import SPACE_KEY, space_from_settings
 from hm_recs.sessions.purchases import load_purchases
@@ -77,7 +78,8 @@ def bart_evaluation(
     weeks = load_target_weeks(lk, protocol, purchases=purchases, split=split)
     if config.max_events is not None:  # the same seeded sample for BART and the baselines it is compared with
         weeks = {k: w.subset(config.max_events, config.max_customers) for k, w in weeks.items()}
-    catalogue = load_catalogue(lk)
+    tables = CatalogueTables.from_lake(lk)  # read once: the evaluation and every registered bundle
+    catalogue = tables.catalogue()
     index = ItemIndex(lancedb.uri, lancedb.storage_options())
     space = space_from_settings(index.metadata(SPACE_KEY), device)
     settings = config.settings()
@@ -92,7 +94,7 @@ def bart_evaluation(
     write_tables(lk, result, protocol)
     meta = _metadata(lk, protocol, result, baselines, weeks)
     registered = {
-        v: _register(context, mlflow, lk, store, lancedb.uri, result, v, settings) for v in variants
+        v: _register(context, mlflow, lk, store, lancedb.uri, result, v, settings, tables) for v in variants
     }
     meta["registered_models"] = dg.MetadataValue.json(registered)
     ok, info = metrics_are_sane(result.results)
@@ -124,7 +126,7 @@ def _metadata(lk, protocol, result, baselines, weeks) -> dict:
     return meta
 
 
-def _register(context, mlflow, lk, store, index_uri, result, variant: str, settings) -> str:
+def _register(context, mlflow, lk, store, index_uri, result, variant: str, settings, tables) -> str:
     """The variant with its grounding on its training run (found in the training asset's metadata)."""
     run_id = _training_run(context, variant)
     if run_id is None:
@@ -137,6 +139,7 @@ def _register(context, mlflow, lk, store, index_uri, result, variant: str, setti
         fitted_models(store, variant)[-1],  # the newest: on every week when refit for serving
         index_uri,
         of_variant(result, variant),
+        tables,
     )
     return f"{mv.name} v{mv.version}"
 
