@@ -1,134 +1,176 @@
-"""Benchmark: the candidate sources and a learned ranker on a finished demo's lake (issue 14, in progress).
+"""Benchmark: candidate generation and the learned ranker, through the Dagster assets, at three sizes.
 
-    make demo && .venv/bin/python benchmarks/bench_ranker.py [--train-weeks 4] [--no-gru4rec-source]
+    make demo && .venv/bin/python benchmarks/bench_ranker.py                  # small: the demo's lake
+    .venv/bin/python benchmarks/bench_ranker.py --scale medium                # 2M transactions
+    .venv/bin/python benchmarks/bench_full_pipeline.py && \\
+        .venv/bin/python benchmarks/bench_ranker.py --scale full              # 31.8M transactions
 
-For each target week of the time split: every candidate source's recall on the week (share of
-the week's customer-article purchases proposed) and candidates per customer (GRU4Rec's top 50
-among them unless ``--no-gru4rec-source``; no source model ever saw the week it proposes for),
-then a LightGBM ranker (``lambdarank`` and ``binary``) trained on the ``--train-weeks`` weeks
-before it, judged on the shared protocol beside GRU4Rec (warm) and POP (time-decayed) read from
-the demo's model store and lake, with paired bootstrap differences of MAP@12 per customer.
-Prints markdown for RESULTS.md.
+``small`` reads what ``make demo`` left (``state/``: every model evaluated, the ranker among them).
+``medium`` generates the medium synthetic data (no images) under ``--work`` and runs ingestion,
+sessionization, POP, GRU4Rec (``demo`` preset), the item index and the ranker chain there.
+``full`` runs the ranker chain on the lake ``bench_full_pipeline.py`` built (POP evaluated), in this
+fresh process (no Spark JVM); GRU4Rec and the item index are left out of the sources there (GRU4Rec
+on 31.8M events is hours of CPU), so the sources are the cheap ones. Each asset is one run, timed
+with the peak RSS of the process tree.
+
+Prints markdown for RESULTS.md: the time and memory per asset (medium, full), each source's
+candidate recall, and every model's MAP@12 with the paired bootstrap difference to the ranker.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import platform
+import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from hm_recs.profiles import GRU4REC_CHAIN, INGEST_CHAIN, RANKER_CHAIN  # noqa: E402
+
+CHAINS = {
+    "medium": [*INGEST_CHAIN, "sessions", *GRU4REC_CHAIN, "item_index", *RANKER_CHAIN],
+    "full": RANKER_CHAIN,
+}
+# on the full data: the cheap sources, two training weeks (each about 1.4M buyers' candidates)
+FULL_CONFIG = {
+    "candidates": {"config": {"gru4rec_source": False, "item_index_source": False, "train_weeks": 2}},
+}
+
+
+def run_assets(assets: list[str], ops: dict, instance) -> list[tuple[str, float, int]]:
+    import dagster as dg
+    from bench_sessionize import PeakRSS
+
+    from hm_recs.definitions import defs as load_defs
+    from hm_recs.defs.partitions import WEEKS
+    from hm_recs.profiles import QUIET, narrowed
+
+    defs, rows = load_defs(), []
+    for asset in assets:
+        job = "ingest" if asset in INGEST_CHAIN else ("sessionize" if asset == "sessions" else "evaluate")
+        tags = None
+        if asset == "sessions":
+            keys = instance.get_dynamic_partitions(WEEKS)
+            tags = {
+                "dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1],
+            }
+        config = narrowed({**QUIET, "ops": ops}, [asset]) if job == "evaluate" else QUIET
+        with PeakRSS() as m:
+            res = defs.resolve_job_def(job).execute_in_process(
+                instance=instance, asset_selection=[dg.AssetKey(asset)], tags=tags, run_config=config
+            )
+        assert res.success, asset
+        failed = [e.check_name for e in res.get_asset_check_evaluations() if not e.passed]
+        rows.append((asset, m.seconds, m.peak, ", ".join(failed) or "all passed"))
+        print(f"{asset}: {m.seconds:.1f} s, {m.peak / 2**30:.2f} GiB, checks: {rows[-1][3]}", flush=True)
+    return rows
+
+
+def report(lake) -> None:
+    """The candidate recall table and every model against the ranker, from the lake."""
+    from hm_recs.evaluation.protocol import EvaluationProtocol
+    from hm_recs.evaluation.weeks import read_customer_ap, read_metrics
+    from hm_recs.ranking import pipeline as rp
+    from hm_recs.sessions.split import load_time_split
+    from hm_recs.tables import CANDIDATE_RECALL_TABLE
+
+    split = load_time_split(lake)
+    recall = lake.read(CANDIDATE_RECALL_TABLE).to_pandas()
+    recall = recall[recall["week"] >= split.validation_start]
+    print("\n| week | source | recall | customers hit | candidates per customer |\n|---|---|---|---|---|")
+    for r in recall.itertuples(index=False):
+        name = "validation" if r.week == split.validation_start else "test"
+        print(
+            f"| {name} | {r.source} | {r.recall:.4f} | {r.customers_hit:.3f} | "
+            f"{r.candidates_per_customer:.1f} |"
+        )
+    metrics, ap = read_metrics(lake), read_customer_ap(lake)
+    best = rp.best_single_model(metrics)
+    n_boot = EvaluationProtocol().n_bootstrap
+    print(f"\nBest single model on the validation week's MAP@12: {best}\n")
+    print("| week | model | MAP@12 | Recall@20 | ranker minus model (MAP@12, paired 95 % interval) |")
+    print("|---|---|---|---|---|")
+    for week in ("validation", "test"):
+        rows = metrics[(metrics["split"] == week) & (metrics["metric"] == "MAP@12")]
+        for r in rows.sort_values("value", ascending=False).itertuples(index=False):
+            r20 = metrics[(metrics["split"] == week) & (metrics["model"] == r.model)]
+            r20 = r20[r20["metric"] == "Recall@20"]["value"].iloc[0]
+            d = None if r.model == "ranker" else rp.paired_ap_difference(ap, "ranker", r.model, week, n_boot)
+            diff = "" if d is None else f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+            label = f"**{r.model}**" if r.model == best else r.model
+            print(
+                f"| {week} | {label} | {r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] | {r20:.4f} | {diff} |"
+            )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", choices=["small", "medium", "full"], default="small")
     ap.add_argument(
-        "--train-weeks", type=int, default=4, help="weeks of labelled candidates before each target week"
+        "--work", default=None, help="state folder (default: state/, benchmarks/out/<scale>_ranker)"
     )
-    ap.add_argument(
-        "--no-gru4rec-source",
-        action="store_true",
-        help="leave GRU4Rec's top 50 out of the sources (by default a GRU4Rec, demo preset, trained "
-        "before the first training week proposes for the training weeks, the demo's model for the "
-        "target week)",
-    )
+    ap.add_argument("--data", default=None, help="medium: where the generated data goes")
     args = ap.parse_args()
+    from bench_sessionize import PeakRSS
 
-    from hm_recs.artifacts import ModelStore
-    from hm_recs.baselines.popularity import load_popularity
+    default = {
+        "small": ROOT / "state",
+        "medium": ROOT / "benchmarks" / "out" / "medium_ranker",
+        "full": ROOT / "benchmarks" / "out" / "full_pipeline",
+    }
+    work = Path(args.work) if args.work else default[args.scale]
+    os.environ["HM_STATE_DIR"] = str(work)
+    rows = []
+    if args.scale != "small":
+        import dagster as dg
+
+        from hm_recs.profiles import run_config
+
+        ops = run_config("demo")["ops"] | (FULL_CONFIG if args.scale == "full" else {})
+        if args.scale == "medium":
+            data = Path(args.data) if args.data else ROOT / "benchmarks" / "out" / "medium"
+            if not (data / "transactions_train.csv").exists():
+                with PeakRSS() as m:
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "hm_recs.cli",
+                        "synth",
+                        "--out",
+                        str(data),
+                        "--scale",
+                        "medium",
+                    ]
+                    subprocess.run([*cmd, "--images", "none"], check=True)
+                rows.append(("generate (not an asset)", m.seconds, m.peak, ""))
+            os.environ["HM_DATA_DIR"] = str(data)
+        with dg.DagsterInstance.ephemeral() as instance:
+            rows += run_assets(CHAINS[args.scale], ops, instance)
     from hm_recs.defs.resources import configured_lake
-    from hm_recs.evaluation.metrics import paired_bootstrap_diff
-    from hm_recs.evaluation.protocol import EvaluationProtocol, evaluate
-    from hm_recs.evaluation.weeks import load_target_weeks
-    from hm_recs.models.gru4rec import (
-        PRESETS,
-        GRU4RecRecommender,
-        load_fitted,
-        train_resumable,
-        training_data,
-    )
-    from hm_recs.paths import models_dir, state_dir
-    from hm_recs.ranking import candidates as cand
-    from hm_recs.ranking.ranker import (
-        Ranker,
-        RankerRecommender,
-        add_features,
-        candidate_table,
-        training_frame,
-    )
-    from hm_recs.sessions.purchases import load_purchases
-    from hm_recs.sessions.split import load_time_split
-    from hm_recs.tables import ARTICLE_FEATURES, CUSTOMER_FEATURES
 
     lake = configured_lake()
-    purchases, split = load_purchases(lake), load_time_split(lake)
-    articles = lake.read(ARTICLE_FEATURES, columns=["article_idx", "product_code"]).to_pandas()
-    customers = lake.read(CUSTOMER_FEATURES, columns=["customer_idx", "age"]).to_pandas()
-    protocol = EvaluationProtocol()
-    weeks = load_target_weeks(lake, protocol, purchases=purchases, split=split)
-    store = ModelStore(str(models_dir()), state_dir() / "cache" / "models")
-    print("| week | source | recall | customers hit | candidates per customer |\n|---|---|---|---|---|")
-    models = []
-    for name, start in (("validation", split.validation_start), ("test", split.test_start)):
-        who = cand.customers_of(purchases, start)
-        first = start - dt.timedelta(days=7 * args.train_weeks)
-        served, past = {}, {}
-        if not args.no_gru4rec_source:  # each week's source model never saw that week
-            served = {"gru4rec": GRU4RecRecommender(load_fitted(store, name), "warm")}
-            cfg = PRESETS["demo"]
-            data, items, support = training_data(purchases, first, cfg.repeats)
-            with tempfile.TemporaryDirectory() as tmp:
-                early, _ = train_resumable(data, items, support, cfg, tmp, f"ranker-{first}", progress=False)
-            past = {"gru4rec": GRU4RecRecommender(early, "warm")}
-        table = candidate_table(purchases, customers, articles, start, who, served)
-        for source in [c for c in table.columns if c.startswith("score_")] + ["union"]:
-            rows = table if source == "union" else table[table[source].notna()]
-            s = cand.candidate_recall(rows, purchases, start)
-            label = source.removeprefix("score_")
-            print(
-                f"| {name} | {label} | {s['recall']:.4f} | {s['customers_hit']:.3f} | "
-                f"{s['candidates_per_customer']:.1f} |"
-            )
-        t = time.perf_counter()
-        train_weeks = [start - dt.timedelta(days=7 * k) for k in range(args.train_weeks, 0, -1)]
-        frame = training_frame(purchases, customers, articles, train_weeks, past)
-        table = add_features(table, purchases, customers, start)
-        fallback = cand.popular(purchases, start, n=200)["article_idx"].to_numpy()
-        res = {}
-        for objective in ("lambdarank", "binary"):
-            ranker = Ranker(objective).fit(frame)
-            res[f"ranker_{objective}"] = evaluate(
-                RankerRecommender(ranker, table, fallback, f"ranker_{objective}"), weeks[name], protocol
-            )
-        seconds = time.perf_counter() - t
-        res["gru4rec_warm"] = evaluate(
-            GRU4RecRecommender(load_fitted(store, name), "warm"), weeks[name], protocol
-        )
-        res["pop_time_decay"] = evaluate(load_popularity(lake, "time_decay", name), weeks[name], protocol)
-        models.append((name, len(frame), float(frame["label"].mean()), seconds, res))
-    print("\n| week | model | MAP@12 | Recall@20 | MAP@12 minus gru4rec_warm | MAP@12 minus pop_time_decay |")
-    print("|---|---|---|---|---|---|")
-    for name, _, _, _, res in models:
-        for model, r in res.items():
-            m, r20 = r.metrics["MAP@12"], r.metrics["Recall@20"]
-            diffs = []
-            for base in ("gru4rec_warm", "pop_time_decay"):
-                if model == base:
-                    diffs.append("")
-                    continue
-                d = paired_bootstrap_diff(
-                    r.per_customer_ap, res[base].per_customer_ap, None, protocol.n_bootstrap
-                )
-                diffs.append(f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]")
-            cells = [name, model, f"{m[0]:.4f} [{m[1]:.4f}, {m[2]:.4f}]", f"{r20[0]:.4f}", *diffs]
-            print("| " + " | ".join(cells) + " |")
-    for name, n_rows, positive, seconds, _ in models:
-        print(f"\n{name}: {n_rows} training rows ({positive:.3f} positive); ", end="")
-        print(f"candidates, features and two rankers in {seconds:.0f} s")
+    today = dt.date.today().isoformat()
+    mem = psutil.virtual_memory().total / 2**30
+    print(f"\n### Candidates and the ranker, {args.scale} ({today})\n")
+    print(
+        f"{platform.machine()}, {psutil.cpu_count()} cores, {mem:.1f} GiB RAM, Python "
+        f"{platform.python_version()}. Command: "
+        f"`.venv/bin/python benchmarks/bench_ranker.py --scale {args.scale}`"
+    )
+    if rows:
+        print("\n| step | seconds | peak RSS (process tree) | failed checks |\n|---|---|---|---|")
+        for name, s, p, failed in rows:
+            print(f"| {name} | {s:.1f} | {p / 2**30:.2f} GiB | {failed} |")
+    report(lake)
     return 0
 
 

@@ -33,6 +33,11 @@ def gru4rec_key(target: str) -> str:
     return f"gru4rec/{target}"
 
 
+def ranker_key(target: str) -> str:
+    """The learned ranker's folder for one fit target: ``model.txt`` (LightGBM)."""
+    return f"ranker/{target}"
+
+
 def bart_key(variant: str, target: str) -> str:
     """A BART variant's folder for one fit target: ``run*/`` checkpoints and ``model/``."""
     return f"bart/{variant}/{target}"

@@ -32,6 +32,7 @@ DOMAINS = {
         "evaluation",
         "retrieval",
     ),
+    "ranking": ("defs/ranking", "ranking", "registry"),
     "serving": ("defs/registry", "registry"),
 }
 OWNERS = {"ingest": "team:data-platform", "sessions": "team:data-platform"}

@@ -65,6 +65,18 @@ def metric_bars_figure(rows: Sequence[Mapping], metric: str, title: str | None =
     return fig
 
 
+def importance_bars(importance: Mapping[str, float], title: str, top: int = 20) -> bytes:
+    """Horizontal bars of the ``top`` most important features (total gain), the largest at the top."""
+    items = sorted(importance.items(), key=lambda kv: kv[1])[-top:]
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.28 * len(items)))
+    ax.barh(range(len(items)), [v for _, v in items], color="#55a868", height=0.6)
+    ax.set_yticks(range(len(items)), [k for k, _ in items], fontsize=8)
+    ax.set_xlabel("total gain")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
 def daily_counts(dates: Sequence, counts: Sequence[int], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.plot(list(dates), list(counts), lw=1)

@@ -40,6 +40,7 @@ INGEST_CHAIN = [
 ]
 POP_CHAIN = ["time_split", "popularity_baselines", "evaluation_events", "popularity_evaluation"]
 GRU4REC_CHAIN = [*POP_CHAIN, "gru4rec_model", "gru4rec_evaluation"]
+RANKER_CHAIN = ["candidates", "ranker_training_data", "ranker_model", "ranker_evaluation"]
 SERVING_CHAIN = ["model_comparison", "champion", "recommendations"]
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -186,6 +187,9 @@ PROFILES: dict[str, dict] = {
                 for v in VARIANTS
             },
             "bart_evaluation": {"config": {"comparison_events": 16, "diagnostic_events": 16, "beams": 12}},
+            # tiny data: two training weeks, a small forest, floors for a few hundred buyers a week
+            "candidates": {"config": {"train_weeks": 2, "min_recall": 0.05}},
+            "ranker_model": {"config": {"n_estimators": 40, "min_distinct_share": 0.1}},
         },
         "resources": {
             "bart": {

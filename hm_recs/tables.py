@@ -32,10 +32,17 @@ BART_TEXT_TABLE = "evaluation/bart_text"  # BERTScore of generated article texts
 BART_COMPARISONS_TABLE = "evaluation/bart_comparisons"
 BART_COLD_START_TABLE = "evaluation/bart_cold_start"  # BART and baselines on customers with short histories
 # the champion's 12 articles for every customer, for the week after the data
+CANDIDATES_TABLE = "ranking/candidates"  # each week's candidate articles per customer, one score per source
+RANKER_ROWS_TABLE = "ranking/training_data"  # the candidates with the ranker's features and labels
+CANDIDATE_RECALL_TABLE = "ranking/candidate_recall"  # each source's recall on the labelled weeks
 RECOMMENDATIONS_TABLE = "serving/recommendations"
 UNKNOWN_TABLE = "serving/unknown_customer"  # the champion's answer for a customer it does not know
-METRICS_TABLES = {family: f"evaluation/{family}_metrics" for family in ("popularity", "gru4rec", "bart")}
+METRICS_TABLES = {
+    family: f"evaluation/{family}_metrics" for family in ("popularity", "gru4rec", "bart", "ranker")
+}
 """Each evaluation asset's protocol metrics (see :func:`hm_recs.evaluation.weeks.metrics_table`)."""
+CUSTOMER_AP_TABLES = {f: f"evaluation/{f}_customer_ap" for f in METRICS_TABLES}
+"""Each model's average precision per MAP@12 customer: paired differences without re-scoring."""
 
 
 def raw_table(name: str) -> str:
@@ -121,6 +128,16 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "parameters": "trainable parameters of the model",
     "bertscore_f1": "BERTScore F1 of the generated text against the bought article's (BART text variants)",
     "registered_model": "the MLflow registered model the row's model is a version of",
+    # ranking
+    "week": "first day of the week the candidates are for (features read only the days before it)",
+    "label": "1 when the customer bought the article in the week, 0 when not, missing for the serving week",
+    "n_sources": "how many candidate sources proposed the pair",
+    "recall": "share of the week's (customer, article) purchases among the candidates",
+    "customers_hit": "share of the week's buyers with at least one purchase among their candidates",
+    "candidates_per_customer": "mean candidates per buyer of the week",
+    "ap": "average precision at 12 of the customer's list on the week (the Kaggle MAP@12's term)",
+    "pairs": "distinct (customer, article) purchases of the week",
+    "gru4rec_fit": "the GRU4Rec fit whose top 50 is the week's gru4rec source (trained before the week)",
     # serving
     "prediction": "12 article ids separated by spaces, best first (the Kaggle submission format)",
     "source": "model, or which fallback answered (unknown customer, no usable history)",
@@ -145,4 +162,9 @@ def describe(column: str) -> str | None:
         return COLUMN_DESCRIPTIONS[column]
     if "@" in column:
         return f"{column} on the split's events"
+    if column.startswith("score_"):
+        source = column.removeprefix("score_")
+        return f"the {source} source's score for the pair (missing: it did not propose it)"
+    if column.split("_")[0] in ("customer", "article", "pair"):
+        return "ranker feature, read from purchases before the week (hm_recs.ranking.ranker.FEATURES)"
     return None

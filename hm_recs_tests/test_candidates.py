@@ -106,3 +106,32 @@ def test_a_models_top_n_is_a_source_fed_only_the_history_before_the_cutoff():
     assert model.seen == [[10, 11, 10, 11], [10, 12]]  # oldest first, nothing from the cutoff on
     assert rows[rows.customer_idx == 0].article_idx.tolist() == [11, 10]
     assert rows[rows.customer_idx == 0].score.tolist() == [3.0, 2.0]  # first proposal scores highest
+
+
+def test_the_item_index_proposes_the_nearest_articles_to_recent_purchases(tmp_path):
+    """A real LanceDB index over hand-placed vectors: article 0's nearest are 1 then 2, article 3's
+    are 4 then 5; a customer who bought 0 and 3 gets 4, 1, 5, 2 (by similarity; not 0 or 3 again)."""
+    import pyarrow as pa
+
+    from hm_recs.retrieval.item_index import ItemIndex, build_index
+
+    angles = np.array([0.0, 0.1, 0.25, 1.5, 1.55, 1.7])
+    vectors = np.stack([np.cos(angles), np.sin(angles), np.zeros(6)], axis=1).astype(np.float32)
+    rows = pa.table({"article_idx": np.arange(6, dtype=np.int64), "text": [f"article {i}" for i in range(6)]})
+    build_index(str(tmp_path / "db"), rows, vectors)
+    near = c.neighbour_table(ItemIndex(str(tmp_path / "db")), k=2)
+    assert near[near.article_idx == 0]["neighbour_idx"].tolist() == [1, 2]
+    assert near[near.article_idx == 3]["neighbour_idx"].tolist() == [4, 5]
+    assert (near["neighbour_idx"] != near["article_idx"]).all()
+
+    day = pd.Timestamp(CUTOFF)
+    purchases = pd.DataFrame(
+        {
+            "customer_idx": [7, 7, 7],
+            "article_idx": [0, 3, 1],
+            "t_dat": [day - pd.Timedelta(days=2), day - pd.Timedelta(days=1), day],  # 1: on the cutoff
+        }
+    )
+    got = c.similar(purchases, near, CUTOFF)
+    assert got["article_idx"].tolist() == [4, 1, 5, 2]
+    assert got["score"].is_monotonic_decreasing

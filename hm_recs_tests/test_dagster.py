@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from hm_recs.paths import PROJECT_ROOT
-from hm_recs.profiles import GRU4REC_CHAIN, INGEST_CHAIN, SERVING_CHAIN, VARIANTS
+from hm_recs.profiles import GRU4REC_CHAIN, INGEST_CHAIN, RANKER_CHAIN, SERVING_CHAIN, VARIANTS
 
 pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
 
@@ -29,6 +29,7 @@ EXPECTED_ASSETS = {
     "item_index",
     "semantic_ids",
     "bart_evaluation",
+    *RANKER_CHAIN,
     *SERVING_CHAIN,
 }
 
@@ -45,7 +46,7 @@ def test_definitions_load_with_groups_checks_and_resources():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == EXPECTED_ASSETS
     groups = {graph.get(dg.AssetKey(k)).group_name for k in keys}
-    assert groups == {"ingest", "sessions", "baselines", "models", "evaluation", "serving"}
+    assert groups == {"ingest", "sessions", "baselines", "models", "evaluation", "ranking", "serving"}
     checked = {c.asset_key.to_user_string() for c in graph.asset_check_keys}
     for group in groups:  # at least one asset check per group
         assert any(graph.get(dg.AssetKey(k)).group_name == group for k in checked), group
@@ -78,6 +79,8 @@ FRESH_WORKER_ASSETS = [
     "bart_model_semantic_id",
     "gru4rec_evaluation",
     "bart_evaluation",
+    "candidates",
+    "ranker_evaluation",
     "model_comparison",
     "champion",
     "recommendations",
@@ -159,7 +162,15 @@ def test_whole_graph_materializes_on_tiny_data(
         }
         assert (
             set(metrics["model"])
-            == {"pop_all_time", "pop_last_week", "pop_time_decay", "gru4rec_session", "gru4rec_warm"} | bart
+            == {
+                "pop_all_time",
+                "pop_last_week",
+                "pop_time_decay",
+                "gru4rec_session",
+                "gru4rec_warm",
+                "ranker",
+            }
+            | bart
         )
         assert set(metrics["split"]) == {"validation", "test"}
         assert metrics["value"].between(0, 1).all()
@@ -187,6 +198,7 @@ def test_whole_graph_materializes_on_tiny_data(
             "hm_recs_gru4rec",
             "hm_recs_vqgan",
             "hm_recs_bart_text_large",
+            "hm_recs_ranker",
             "hm_recs_recommender",
         } <= names
         champion = client.get_model_version_by_alias("hm_recs_recommender", "champion")
@@ -241,6 +253,7 @@ def test_whole_graph_materializes_on_tiny_data(
             "evaluation/popularity_metrics",
             "evaluation/gru4rec_metrics",
             "evaluation/bart_metrics",
+            "evaluation/ranker_metrics",
         }
 
         # the Kaggle submission: every customer, 12 article ids each; the CLI on a known and an unknown id
@@ -279,7 +292,7 @@ def test_whole_graph_materializes_on_tiny_data(
         assert not (state_dir() / "models").exists()
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         stored = s3.list_objects_v2(Bucket="hm-models")["Contents"]
-        assert {o["Key"].split("/")[1] for o in stored} == {"gru4rec", "vqgan", "bart"}
+        assert {o["Key"].split("/")[1] for o in stored} == {"gru4rec", "vqgan", "bart", "ranker"}
 
     # a fresh process, an empty state folder per asset, the same instance, lake, MLflow and bucket
     import json
@@ -360,6 +373,7 @@ def test_every_asset_has_an_owner_a_code_version_and_described_checks():
         "vqgan_finetuned_model",
         "bart_model_semantic_id",
         "bart_evaluation",
+        "ranker_model",
         "model_comparison",
         "champion",
         "recommendations",

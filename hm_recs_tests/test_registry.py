@@ -197,6 +197,64 @@ def test_bad_requests_get_a_clear_error_and_fallbacks_say_so(tracking, tmp_path)
     assert out["prediction"].iloc[2].split()[0] == "0108000002"  # the model's list, not the fallback
 
 
+def test_the_ranker_serves_its_weekly_lists_and_says_when_a_history_is_not_used(tracking, tmp_path):
+    """A ranker bundle through MLflow: a listed customer gets its ranked list (filled from the
+    fallback), a customer without a list the fallback, a given history does not change the list."""
+    from hm_recs.registry.pyfunc import (
+        RecommenderPyfunc,
+        load_bundle_recommender,
+        recommender_signature,
+        save_pyfunc,
+        write_recommender_bundle,
+    )
+
+    lists = pd.DataFrame(
+        {
+            "customer_idx": [0, 0, 0],
+            "customer_id": ["a" * 64] * 3,
+            "article_idx": [9, 4, 11],
+            "rank": [0, 1, 2],
+        }
+    )
+    lists.to_parquet(tmp_path / "lists.parquet", index=False)
+    bundle = write_recommender_bundle(
+        tmp_path / "bundle",
+        "ranker",
+        ARTICLES,
+        HISTORIES,
+        np.arange(19, -1, -1),
+        {"objective": "binary"},
+        {"lists.parquet": tmp_path / "lists.parquet"},
+    )
+    folder = save_pyfunc(
+        RecommenderPyfunc(), {"bundle": str(bundle)}, recommender_signature(), tmp_path / "m"
+    )
+    with tracked_run(tracking, "train") as run:
+        version = register_model(run, folder, "hm_recs_ranker", tags={"kind": "ranker"})
+    promote(tracking, Candidate("ranker", version.name, version.version, 0.1, "2020-09-09"), "MAP@12", 0.02)
+    out = load_champion(tracking).predict(
+        pd.DataFrame(
+            {
+                "customer_id": ["a" * 64, "b" * 64, "a" * 64, "e" * 64],
+                "history": [None, None, ["0108000003"], None],
+            }
+        )
+    )
+    first = out["prediction"].str.split().tolist()
+    assert first[0][:4] == ["0108000009", "0108000004", "0108000011", "0108000019"]  # then the fallback
+    assert first[2] == first[0] and all(len(set(r)) == 12 for r in first)
+    assert first[1][:2] == ["0108000019", "0108000018"]
+    assert out["source"].tolist() == [
+        "model",
+        "fallback: no ranked list for this customer",
+        "model: this week's ranked list (the given history is not used)",
+        "fallback: unknown customer",
+    ]
+    # the same bundle on the shared protocol (the champion's rescoring): lists by customer_idx
+    rec = load_bundle_recommender(bundle)
+    assert rec.recommend(np.array([0, 1]), None, None, 2).tolist() == [[9, 4], [19, 18]]
+
+
 def test_champion_moves_only_when_the_margin_is_met(tracking, tmp_path):
     v = _popularity_version(tracking, tmp_path, [1, 2, 3])
     client = tracking.client()

@@ -44,9 +44,10 @@ _variants = bart_variants(run_config(PROFILE))
 _unused = [f"bart_model_{v}" for v in VARIANTS if _variants is not None and v not in _variants]
 evaluate_job = dg.define_asset_job(
     "evaluate",
-    selection=dg.AssetSelection.groups("sessions", "baselines", "models", "evaluation", "serving")
+    selection=dg.AssetSelection.groups("sessions", "baselines", "models", "evaluation", "ranking", "serving")
     - dg.AssetSelection.assets("sessions", *_unused),
-    description="Time split, baselines, model training, evaluation on the shared protocol, comparison, "
+    description="Time split, baselines, model training, evaluation on the shared protocol, candidates and "
+    "the learned ranker, comparison, "
     "champion promotion and the week's "
     f"recommendations; settings of the `{PROFILE}` run profile (HM_PROFILE)",
     config=run_config(PROFILE),

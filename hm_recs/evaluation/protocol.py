@@ -193,6 +193,7 @@ class EvaluationResult:
     per_event: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     event_units: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
     per_customer_ap: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
+    customers: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.int64))  # of the APs
 
     def rows(self) -> list[dict]:
         return [
@@ -271,6 +272,7 @@ def evaluate(
         per_event=per_event,
         event_units=week.event_customer,
         per_customer_ap=ap,
+        customers=np.asarray(week.customers, np.int64),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -17,7 +18,7 @@ from hm_recs.evaluation.protocol import (
 )
 from hm_recs.sessions.purchases import load_purchases
 from hm_recs.sessions.split import TimeSplit, load_time_split
-from hm_recs.tables import ARTICLE_FEATURES, METRICS_TABLES
+from hm_recs.tables import ARTICLE_FEATURES, CUSTOMER_AP_TABLES, METRICS_TABLES
 
 MODEL_FAMILIES = tuple(METRICS_TABLES)
 
@@ -73,7 +74,28 @@ def write_metrics(
     frame["mask_history"] = protocol.mask_history
     frame["collapse_repeats"] = protocol.collapse_repeats
     frame["seconds"] = frame["model"].map({r.model: r.seconds for r in results})
+    ap = pd.DataFrame(
+        {
+            "model": np.repeat([r.model for r in results], [len(r.customers) for r in results]),
+            "split": np.repeat([r.week for r in results], [len(r.customers) for r in results]),
+            "customer_idx": np.concatenate([r.customers for r in results] or [np.empty(0, np.int64)]),
+            "ap": np.concatenate([r.per_customer_ap for r in results] or [np.empty(0)]).astype(float),
+        }
+    )
+    if len(ap):
+        lake.write(CUSTOMER_AP_TABLES[family], pa.Table.from_pandas(ap, preserve_index=False))
     return lake.write(metrics_table(family), pa.Table.from_pandas(frame, preserve_index=False))
+
+
+def read_customer_ap(lake: Lake) -> pd.DataFrame:
+    """Every model's average precision per MAP@12 customer (model, split, customer_idx, ap)."""
+    tables = [t for t in CUSTOMER_AP_TABLES.values() if lake.exists(t)]
+    frames = [lake.read(t).to_pandas() for t in tables]
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["model", "split", "customer_idx", "ap"])
+    )
 
 
 def read_metrics(lake: Lake) -> pd.DataFrame:

@@ -55,18 +55,12 @@ def repurchase(purchases: pd.DataFrame, cutoff: dt.date, n: int = 12, half_life_
     return _top_per_customer(scored, n)
 
 
-def copurchase(
-    purchases: pd.DataFrame,
-    cutoff: dt.date,
-    n: int = 12,
-    weeks: int = 8,
-    recent_weeks: int = 4,
-    partners: int = 5,
-):
-    """Articles bought together (same customer, same 7-day week counted back from the cutoff, in the
-    last ``weeks`` weeks) with the customer's purchases of the last ``recent_weeks`` weeks: each
-    recent article proposes its ``partners`` most frequent partners, scored by how often the pair
-    was bought together."""
+def copurchase_partners(
+    purchases: pd.DataFrame, cutoff: dt.date, weeks: int = 8, partners: int = 5
+) -> pd.DataFrame:
+    """Each article's ``partners`` most frequent partners: articles bought with it by the same
+    customer in the same 7-day week (counted back from the cutoff) of the last ``weeks`` weeks:
+    ``article_idx, article_idx_with, size`` (pair count)."""
     window = before(purchases, cutoff, weeks)
     week = (days_before(window, cutoff) - 1) // 7  # weeks counted back from the cutoff, as the protocol's
     baskets = window.assign(week=week)[["customer_idx", "week", "article_idx"]].drop_duplicates()
@@ -74,7 +68,26 @@ def copurchase(
     pairs = pairs[pairs["article_idx"] != pairs["article_idx_with"]]
     counts = pairs.groupby(["article_idx", "article_idx_with"], as_index=False).size()
     counts = counts.sort_values(["article_idx", "size", "article_idx_with"], ascending=[True, False, True])
-    best = counts.groupby("article_idx", sort=False).head(partners)
+    return counts.groupby("article_idx", sort=False).head(partners).reset_index(drop=True)
+
+
+def copurchase(
+    purchases: pd.DataFrame,
+    cutoff: dt.date,
+    n: int = 12,
+    weeks: int = 8,
+    recent_weeks: int = 4,
+    partners: int = 5,
+    partners_table: pd.DataFrame | None = None,
+):
+    """Articles bought together (``copurchase_partners``; ``partners_table`` when computed already,
+    over every customer) with the customer's purchases of the last ``recent_weeks`` weeks: each
+    recent article proposes its partners, scored by how often the pair was bought together."""
+    best = (
+        partners_table
+        if partners_table is not None
+        else copurchase_partners(purchases, cutoff, weeks, partners)
+    )
     recent = before(purchases, cutoff, recent_weeks)[["customer_idx", "article_idx"]].drop_duplicates()
     proposed = recent.merge(best, on="article_idx")
     scored = (
@@ -120,18 +133,67 @@ def same_product(
     n: int = 12,
     weeks: int = 4,
     days: int = 7,
+    sales: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Other articles of the products (``product_code``) the customer bought in the last ``weeks``
-    weeks: other colours and patterns of the same garment, scored by last ``days`` days' sales."""
+    weeks: other colours and patterns of the same garment, scored by last ``days`` days' sales
+    (``sales``: ``popular``'s rows over every article, when computed already)."""
     codes = articles[["article_idx", "product_code"]]
     recent = before(purchases, cutoff, weeks)[["customer_idx", "article_idx"]].drop_duplicates()
     bought = recent.merge(codes, on="article_idx")
     siblings = bought[["customer_idx", "product_code"]].drop_duplicates().merge(codes, on="product_code")
     siblings = siblings.merge(recent.assign(own=True), on=["customer_idx", "article_idx"], how="left")
     siblings = siblings[siblings["own"].isna()]
-    sales = popular(purchases, cutoff, n=len(codes), days=days).set_index("article_idx")["score"]
+    sales = sales if sales is not None else popular(purchases, cutoff, n=len(codes), days=days)
+    sales = sales.set_index("article_idx")["score"]
     scored = siblings.assign(score=siblings["article_idx"].map(sales).fillna(0.0))
     return _top_per_customer(scored, n)
+
+
+def neighbour_table(index, k: int = 10, articles: Sequence[int] | None = None) -> pd.DataFrame:
+    """The ``k`` nearest articles of each article in the item index (LanceDB, its joined text and
+    image vectors), ``articles`` only when given: ``article_idx, neighbour_idx, similarity`` with
+    similarity = 1 - cosine distance; an article is never its own neighbour."""
+    ids, vectors = index.vectors()
+    if articles is not None:
+        keep = np.isin(ids, np.asarray(articles))
+        ids, vectors = ids[keep], vectors[keep]
+    if len(ids) == 0:
+        return pd.DataFrame({"article_idx": [], "neighbour_idx": [], "similarity": []})
+    near, dist = index.nearest(vectors, k + 1)
+    frame = pd.DataFrame(
+        {
+            "article_idx": np.repeat(ids, k + 1),
+            "neighbour_idx": near.reshape(-1),
+            "similarity": 1.0 - dist.reshape(-1).astype(float),
+        }
+    )
+    frame = frame[(frame["neighbour_idx"] >= 0) & (frame["neighbour_idx"] != frame["article_idx"])]
+    ordered = frame.sort_values(["article_idx", "similarity", "neighbour_idx"], ascending=[True, False, True])
+    return ordered.groupby("article_idx", sort=False).head(k).reset_index(drop=True)
+
+
+def similar(
+    purchases: pd.DataFrame,
+    neighbours: pd.DataFrame,
+    cutoff: dt.date,
+    n: int = 12,
+    weeks: int = 4,
+    recent: int = 5,
+) -> pd.DataFrame:
+    """The item index's nearest neighbours (``neighbour_table``) of each customer's ``recent`` latest
+    distinct articles of the last ``weeks`` weeks, scored by their best similarity; articles the
+    customer bought in that window are left out (repurchase proposes them)."""
+    window = before(purchases, cutoff, weeks).sort_values(["customer_idx", "t_dat"], kind="stable")
+    latest = window.drop_duplicates(["customer_idx", "article_idx"], keep="last")
+    latest = latest.groupby("customer_idx", sort=False).tail(recent)[["customer_idx", "article_idx"]]
+    proposed = latest.merge(neighbours, on="article_idx")
+    proposed = proposed.rename(columns={"article_idx": "seed", "neighbour_idx": "article_idx"})
+    own = window[["customer_idx", "article_idx"]].drop_duplicates().assign(own=True)
+    proposed = proposed.merge(own, on=["customer_idx", "article_idx"], how="left")
+    proposed = proposed[proposed["own"].isna()]
+    scored = proposed.groupby(["customer_idx", "article_idx"], as_index=False)["similarity"].max()
+    return _top_per_customer(scored.rename(columns={"similarity": "score"}), n)
 
 
 def expand(lists: pd.DataFrame, customers: pd.DataFrame, key: str | None = None) -> pd.DataFrame:

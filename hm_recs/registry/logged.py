@@ -4,6 +4,8 @@ import datetime as dt
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 from hm_recs.data.delta import Lake
 from hm_recs.registry.pyfunc import (
     RecommenderPyfunc,
@@ -63,6 +65,36 @@ def log_recommender(
                 "fallback": FALLBACK,
                 "trained_before": trained_before.isoformat(),
             },
+        )
+
+
+def log_ranker(
+    run: TrackedRun,
+    lake: Lake,
+    lists: pd.DataFrame,
+    settings: dict,
+    model: Path,
+    *,
+    trained_before: dt.date,
+):
+    """Register the ranker as ``hm_recs_ranker``: its lists for the week after the data (``lists``:
+    customer_idx, article_idx, rank) keyed by customer id, with the LightGBM model beside them."""
+    from hm_recs.tables import CUSTOMER_FEATURES
+
+    ids = lake.read(CUSTOMER_FEATURES, columns=["customer_idx", "customer_id"]).to_pandas()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "lists.parquet"
+        lists.merge(ids, on="customer_idx").sort_values(["customer_idx", "rank"]).to_parquet(
+            path, index=False
+        )
+        return log_recommender(
+            run,
+            lake,
+            "ranker",
+            "ranker",
+            settings,
+            {"lists.parquet": path, "model.txt": model},
+            trained_before=trained_before,
         )
 
 

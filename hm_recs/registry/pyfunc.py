@@ -14,6 +14,10 @@ purchase history up to the end of the data, and a fallback ranking (time-decayed
 a customer with no purchases, or one the model cannot score, gets the fallback, and every list
 is filled up to ``k`` from it, so the answer is always ``k`` distinct real articles.
 
+The ranker (``kind`` ``ranker``) serves lists ranked for every known customer at the start of the
+week after the data (``lists.parquet``: customer_idx, customer_id, article_idx, rank), as the
+Kaggle submission is made; a given ``history`` does not change them, and ``source`` says so.
+
 The VQGAN is a pyfunc too: ``image_path`` in, ``tokens`` (space-separated codebook indices) and
 ``status`` out.
 """
@@ -34,7 +38,7 @@ import pandas as pd
 
 from hm_recs.data.schema import CUSTOMER_ID_PATTERN
 
-KINDS = ("popularity", "gru4rec", "bart")
+KINDS = ("popularity", "gru4rec", "bart", "ranker")
 _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 DEFAULT_K = 12
 
@@ -125,6 +129,10 @@ def load_bundle_recommender(folder: Path, device: str = "cpu"):
             settings.get("generations", 4),
             trained_before=dt.date.fromisoformat(cutoff) if cutoff else None,
         )
+    if kind == "ranker":
+        from hm_recs.ranking.ranker import RankerRecommender
+
+        return RankerRecommender(pd.read_parquet(folder / "lists.parquet"), np.load(folder / "fallback.npy"))
     raise ValueError(f"{folder}: unknown recommender kind {kind!r}")
 
 
@@ -141,6 +149,13 @@ class BundleRecommender:
         self.fallback = np.load(folder / "fallback.npy")
         self.model = load_bundle_recommender(folder, device)
         self.kind = json.loads((folder / "recommender.json").read_text())["kind"]
+        self.listed: dict[str, int] = {}  # the ranker's customers: customer_id -> customer_idx
+        if self.kind == "ranker":
+            ids = pd.read_parquet(folder / "lists.parquet", columns=["customer_idx", "customer_id"])
+            ids = ids.drop_duplicates("customer_idx")
+            self.listed = dict(
+                zip(ids["customer_id"].astype(str), ids["customer_idx"].astype(int), strict=True)
+            )
 
     def known(self, customer_id: str) -> bool:
         return customer_id in self.histories
@@ -164,6 +179,11 @@ class BundleRecommender:
         out = np.empty((n, k), np.int64)
         warm = [i for i, h in enumerate(histories) if len(h) > 0]
         lists: dict[int, np.ndarray] = {}
+        if self.kind == "ranker":  # lists made for the week, by customer
+            rows = [i for i, c in enumerate(customer_ids) if c in self.listed]
+            got = self.model.recommend([self.listed[customer_ids[i]] for i in rows], None, None, k)
+            lists.update(zip(rows, got, strict=True))
+            warm = []
         for s in range(0, len(warm), batch):
             rows = warm[s : s + batch]
             got = self.model.recommend(
@@ -193,7 +213,9 @@ class BundleRecommender:
             history = self.history_of(cid or "", given)
             ids.append(cid or "")
             ignored.append(" ".join(bad))
-            if len(history):
+            if self.kind == "ranker":
+                sources.append(self._listed_source(cid, given))
+            elif len(history):
                 sources.append("model")
             elif cid is None:
                 sources.append("fallback: no customer_id")
@@ -211,6 +233,15 @@ class BundleRecommender:
                 "ignored_history_ids": ignored,
             }
         )
+
+    def _listed_source(self, customer_id: str | None, given) -> str:
+        if customer_id is None:
+            return "fallback: no customer_id"
+        if customer_id not in self.listed:
+            if given is None and not self.known(customer_id):
+                return "fallback: unknown customer"
+            return "fallback: no ranked list for this customer"
+        return "model: this week's ranked list (the given history is not used)" if given else "model"
 
 
 class InvalidRequest(ValueError):

@@ -9,6 +9,7 @@ from hm_recs.defs.bart.evaluation import bart_evaluation
 from hm_recs.defs.evaluation.assets import popularity_evaluation
 from hm_recs.defs.gru4rec.assets import gru4rec_evaluation
 from hm_recs.defs.metadata import checks, image_metadata, mlflow_metadata, table_metadata
+from hm_recs.defs.ranking.assets import ranker_evaluation
 from hm_recs.defs.resources import EvaluationProtocolResource, LakeResource, MLflowResource
 from hm_recs.evaluation.protocol import comparison_markdown
 from hm_recs.evaluation.weeks import MODEL_FAMILIES, metrics_table, read_metrics
@@ -43,7 +44,7 @@ from hm_recs.tables import BART_TEXT_TABLE, COMPARISON_TABLE, RECOMMENDATIONS_TA
 @dg.asset(
     group_name="evaluation",
     kinds={"deltalake", "mlflow"},
-    deps=[popularity_evaluation, gru4rec_evaluation, bart_evaluation],
+    deps=[popularity_evaluation, gru4rec_evaluation, bart_evaluation, ranker_evaluation],
 )
 def model_comparison(
     context: AssetExecutionContext, lake: LakeResource, mlflow: MLflowResource

@@ -1,0 +1,328 @@
+"""The ranker's weeks and stages as the Dagster assets and the benchmark run them.
+
+Three rankers are trained, like every model family's three fits: for the validation week (on the
+``train_weeks`` weeks before it; it chooses the objective), for the test week (the reported
+numbers) and for serving (the week after the data: the registered lists). Each week's candidates
+come from purchases before its first day; a model source (GRU4Rec) proposes for a week only when it
+was trained before that week: the target weeks use the family's own fit for them, the training
+weeks before the validation week an extra fit before the first of them (``SOURCE_TARGET``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from hm_recs.ranking import candidates as cand
+from hm_recs.ranking.ranker import (
+    FEATURES,
+    KEY,
+    OBJECTIVES,
+    SOURCES,
+    Ranker,
+    WeekContext,
+    labelled,
+    ranked_lists,
+)
+
+SCORES = [f"score_{s}" for s in SOURCES]
+
+TARGETS = ("validation", "test", "serving")
+SOURCE_TARGET = "ranker_source"  # the GRU4Rec fit before the first training week
+SERVED_DEPTH = 24  # articles kept per customer in the registered lists (filled from the fallback)
+FALLBACK_DEPTH = 200
+
+
+@dataclass(frozen=True)
+class RankerWeeks:
+    target: str  # validation | test | serving
+    start: dt.date  # the first day of the week it ranks
+    train: tuple[dt.date, ...]  # the labelled weeks it learns from, oldest first
+
+
+def plan(cutoffs: dict[str, dt.date], train_weeks: int) -> list[RankerWeeks]:
+    """Each target's week (``cutoffs``: target -> first day, ``TimeSplit.cutoff``) and the
+    ``train_weeks`` weeks before it."""
+    if train_weeks < 1:
+        raise ValueError(f"train_weeks must be at least 1, got {train_weeks}")
+    return [
+        RankerWeeks(
+            t, cutoffs[t], tuple(cutoffs[t] - dt.timedelta(days=7 * k) for k in range(train_weeks, 0, -1))
+        )
+        for t in TARGETS
+    ]
+
+
+def weeks_to_build(plans: Sequence[RankerWeeks]) -> list[dt.date]:
+    """Every week with candidates: the training weeks and the target weeks, oldest first."""
+    return sorted({w for p in plans for w in (*p.train, p.start)})
+
+
+def train_weeks_of(weeks: Sequence[dt.date], validation_start: dt.date) -> int:
+    """How many training weeks a built table holds before the validation week."""
+    return sum(1 for w in set(weeks) if w < validation_start)
+
+
+def source_fits(plans: Sequence[RankerWeeks]) -> dict[dt.date, str]:
+    """Week -> the GRU4Rec fit target that proposes for it (trained before that week)."""
+    targets = {p.start: p.target for p in plans}
+    return {w: targets.get(w, SOURCE_TARGET) for w in weeks_to_build(plans)}
+
+
+def source_cutoff(plans: Sequence[RankerWeeks]) -> dt.date:
+    """The first day the extra GRU4Rec fit may not see: the first training week."""
+    return min(weeks_to_build(plans))
+
+
+def week_customers(purchases: pd.DataFrame, start: dt.date, labelled_week: bool) -> np.ndarray:
+    """Whom a week ranks: its buyers where the week has labels (training and judged weeks), every
+    customer with a purchase before it for the serving week (the submission)."""
+    if labelled_week:
+        return np.asarray(cand.customers_of(purchases, start), np.int64)
+    return np.unique(cand.before(purchases, start)["customer_idx"].to_numpy()).astype(np.int64)
+
+
+def week_candidates(
+    context: WeekContext, who, models: dict | None = None, batch: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """The union of the sources for ``who`` at the context's cutoff, ``batch`` customers at a time,
+    with the week as ``week``."""
+    who = np.asarray(who, np.int64)
+    step = batch or max(len(who), 1)
+    for s in range(0, len(who), step):
+        yield context.candidates(who[s : s + step], models).assign(week=context.cutoff)
+
+
+def week_rows(
+    context: WeekContext, table: pd.DataFrame, purchases: pd.DataFrame, labels: bool
+) -> pd.DataFrame:
+    """A week's candidates with their features and, where the week is in the data, their labels
+    (``label`` is missing for the serving week)."""
+    rows = context.features(table)
+    if labels:
+        return labelled(rows, purchases, context.cutoff)
+    return rows.assign(label=pd.array([pd.NA] * len(rows), dtype="Int8"))
+
+
+def rows_of(frame: pd.DataFrame, weeks: Sequence[dt.date]) -> pd.DataFrame:
+    """The labelled rows of ``weeks``."""
+    days = pd.to_datetime(frame["week"]).dt.date
+    out = frame[days.isin(set(weeks)) & frame["label"].notna()]
+    return out.astype({"label": int})
+
+
+def fallback(purchases: pd.DataFrame, start: dt.date) -> np.ndarray:
+    """What fills a short list: the last 7 days' best sellers before ``start``."""
+    return cand.popular(purchases, start, n=FALLBACK_DEPTH)["article_idx"].to_numpy()
+
+
+@dataclass
+class RankerFit:
+    objective: str  # the one chosen on the validation week
+    validation: dict[str, float]  # objective -> its validation score
+    rankers: dict[str, Ranker]  # target -> the chosen objective trained on the target's weeks
+    rows: dict[str, int]  # target -> training rows
+
+
+def fit_rankers(
+    frame: pd.DataFrame,
+    plans: Sequence[RankerWeeks],
+    judge: Callable[[Ranker], float],
+    objectives: Sequence[str] = OBJECTIVES,
+    **params,
+) -> RankerFit:
+    """Each objective trained on the validation target's weeks and scored by ``judge`` (MAP@12 on
+    the validation week); the best (ties: the first in ``objectives``) is trained for the other
+    targets on their own weeks."""
+    by_target = {p.target: p for p in plans}
+    train = {t: rows_of(frame, p.train) for t, p in by_target.items()}
+    fitted = {o: Ranker(o, **params).fit(train["validation"]) for o in objectives}
+    scores = {o: float(judge(r)) for o, r in fitted.items()}
+    best = max(objectives, key=lambda o: (scores[o], -list(objectives).index(o)))
+    rankers = {"validation": fitted[best]}
+    for target in (t for t in TARGETS if t != "validation" and t in by_target):
+        rankers[target] = Ranker(best, **params).fit(train[target])
+    return RankerFit(best, scores, rankers, {t: len(f) for t, f in train.items()})
+
+
+def distinct_list_share(lists: pd.DataFrame, k: int = 12) -> float:
+    """The share of customers whose top ``k`` no other customer got: near 0 when the ranker ignores
+    its input (everyone gets the same list), near 1 when it personalises."""
+    top = lists[lists["rank"] < k].sort_values([*KEY[:1], "rank"])
+    keys = top.groupby("customer_idx")["article_idx"].apply(tuple)
+    return float((~keys.duplicated(keep=False)).mean()) if len(keys) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the stages the assets run
+# ---------------------------------------------------------------------------------------------
+def ranking_inputs(lake) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(customers: customer_idx, age; articles: article_idx, product_code and ``ATTRIBUTES``)."""
+    from hm_recs.ranking.ranker import ATTRIBUTES
+    from hm_recs.tables import ARTICLE_FEATURES, CUSTOMER_FEATURES
+
+    names = {f.name for f in lake.table(ARTICLE_FEATURES).schema().fields}
+    columns = ["article_idx", "product_code", *(a for a in ATTRIBUTES if a in names)]
+    articles = lake.read(ARTICLE_FEATURES, columns=columns).to_pandas()
+    customers = lake.read(CUSTOMER_FEATURES, columns=["customer_idx", "age"]).to_pandas()
+    return customers, articles
+
+
+def gru4rec_sources(purchases, plans, store, data_version, device="cpu", log=print) -> dict[str, object]:
+    """GRU4Rec (warm) per fit target for the weeks it may propose for (``source_fits``): the family's
+    validation, test and serving fits from the model store, and the extra fit before the first
+    training week, trained here with the validation fit's settings (resumed from the store)."""
+    from hm_recs.models.gru4rec import GRU4RecRecommender, fit_stored, load_fitted
+
+    fitted = {"validation": load_fitted(store, "validation", device)}
+    for target, fallbacks in (("test", ("test",)), ("serving", ("serving", "test"))):
+        for name in fallbacks:  # a family without that refit serves an older fit (never a newer one)
+            try:
+                fitted[target] = load_fitted(store, name, device)
+                break
+            except FileNotFoundError:
+                continue
+        fitted.setdefault(target, fitted.get("test", fitted["validation"]))
+    cutoff = {SOURCE_TARGET: source_cutoff(plans)}
+    for f in fit_stored(purchases, cutoff, fitted["validation"].cfg, store, data_version, device, log):
+        fitted[SOURCE_TARGET] = f.model
+    return {t: GRU4RecRecommender(m, "warm") for t, m in fitted.items()}
+
+
+def candidate_schema() -> pa.Schema:
+    """The candidates table: every source's score column, present or not (a fixed schema)."""
+    return pa.schema(
+        [("week", pa.date32()), ("customer_idx", pa.int64()), ("article_idx", pa.int64())]
+        + [(s, pa.float64()) for s in SCORES]
+    )
+
+
+def candidate_batches(
+    purchases: pd.DataFrame,
+    customers: pd.DataFrame,
+    articles: pd.DataFrame,
+    plans: Sequence[RankerWeeks],
+    models: dict[str, object] | None = None,
+    neighbours: pd.DataFrame | None = None,
+    batch: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Iterator[pa.RecordBatch]:
+    """Every week's candidates (``weeks_to_build``), ``batch`` customers at a time, as record
+    batches of ``candidate_schema``; ``models``: GRU4Rec fit target -> recommender
+    (``gru4rec_sources``), each proposing only for the weeks ``source_fits`` gives it."""
+    schema = candidate_schema()
+    serving = next(p.start for p in plans if p.target == "serving")
+    fits = source_fits(plans)
+    for week in weeks_to_build(plans):
+        context = WeekContext(purchases, customers, articles, week, neighbours)
+        who = week_customers(purchases, week, week != serving)
+        chosen = {"gru4rec": models[fits[week]]} if models else None
+        log(f"candidates for the week of {week}: {len(who)} customers")
+        for part in week_candidates(context, who, chosen, batch):
+            part = part.reindex(columns=schema.names)
+            yield pa.RecordBatch.from_pandas(part, schema=schema, preserve_index=False)
+
+
+def recall_rows(candidates: pd.DataFrame, purchases: pd.DataFrame, week: dt.date) -> list[dict]:
+    """Each source's and the union's recall on ``week`` (``candidate_recall``), one row each."""
+    rows = []
+    scores = [c for c in candidates.columns if c.startswith("score_") and candidates[c].notna().any()]
+    for source in [*scores, "union"]:
+        part = candidates if source == "union" else candidates[candidates[source].notna()]
+        stats = cand.candidate_recall(part, purchases, week)
+        rows.append({"week": week, "source": source.removeprefix("score_"), **stats})
+    return rows
+
+
+def row_schema() -> pa.Schema:
+    """The ranker's rows: the pair, its week, every feature (float32) and the label (missing for the
+    serving week)."""
+    return pa.schema(
+        [("week", pa.date32()), ("customer_idx", pa.int64()), ("article_idx", pa.int64())]
+        + [(f, pa.float32()) for f in FEATURES]
+        + [("label", pa.int8())]
+    )
+
+
+def feature_batches(
+    candidates_of: Callable[[dt.date], pd.DataFrame],
+    weeks: Sequence[dt.date],
+    serving: dt.date,
+    purchases: pd.DataFrame,
+    customers: pd.DataFrame,
+    articles: pd.DataFrame,
+    batch: int | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Each week's candidates (``candidates_of(week)``) with features and labels, ``batch``
+    customers at a time: the ranker's rows as record batches of ``row_schema``."""
+    schema = row_schema()
+    for week in weeks:
+        context = WeekContext(purchases, customers, articles, week)
+        table = candidates_of(week)
+        who = table["customer_idx"].unique()
+        step = batch or max(len(who), 1)
+        for s in range(0, len(who), step):
+            part = table[table["customer_idx"].isin(who[s : s + step])].drop(columns="week")
+            rows = week_rows(context, part, purchases, labels=week != serving).assign(week=week)
+            yield pa.RecordBatch.from_pandas(rows[schema.names], schema=schema, preserve_index=False)
+
+
+def serving_lists(
+    ranker: Ranker, read: Callable[[int, int], pd.DataFrame], n_customers: int, batch: int = 100_000
+) -> pd.DataFrame:
+    """The serving week's ranked lists (``SERVED_DEPTH`` deep), scored ``batch`` customers at a time:
+    ``read(lo, hi)`` returns the rows of customer_idx lo..hi-1."""
+    parts = [ranked_lists(ranker, read(lo, lo + batch), SERVED_DEPTH) for lo in range(0, n_customers, batch)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*KEY, "rank"])
+
+
+def features_match_truncated(
+    rows: pd.DataFrame,
+    purchases: pd.DataFrame,
+    customers: pd.DataFrame,
+    articles: pd.DataFrame,
+    week: dt.date,
+    sample: int = 200,
+    seed: int = 0,
+) -> tuple[bool, dict]:
+    """The leakage probe: the features of ``sample`` customers' rows of ``week``, recomputed from
+    the purchases truncated before the week, equal the stored ones."""
+    who = rows["customer_idx"].unique()
+    pick = np.random.default_rng(seed).choice(who, min(sample, len(who)), replace=False)
+    stored = rows[rows["customer_idx"].isin(pick)].sort_values(KEY, ignore_index=True)
+    truncated = purchases[cand.days_before(purchases, week) > 0]
+    again = WeekContext(truncated, customers, articles, week).features(stored[[*KEY, *SCORES]])
+    again = again.sort_values(KEY, ignore_index=True)
+    a, b = stored[FEATURES].to_numpy(float), again[FEATURES].to_numpy(float)
+    same = np.isclose(a, b, rtol=1e-5, equal_nan=True)
+    bad = [f for f, ok in zip(FEATURES, same.all(axis=0), strict=True) if not ok]
+    return not bad, {"week": str(week), "customers": len(pick), "rows": len(stored), "differing": bad}
+
+
+def best_single_model(metrics: pd.DataFrame, metric: str = "MAP@12", exclude: str = "ranker") -> str | None:
+    """The best model on the validation week's ``metric`` among those scored on every customer
+    (a seeded sample is not compared), other than ``exclude``."""
+    rows = metrics[(metrics["split"] == "validation") & (metrics["metric"] == metric)]
+    rows = rows[(rows["model"] != exclude) & (rows["n"] == rows["n"].max())]
+    if rows.empty:
+        return None
+    return rows.sort_values(["value", "model"], ascending=[False, True]).iloc[0]["model"]
+
+
+def paired_ap_difference(ap: pd.DataFrame, model: str, other: str, split: str, n_boot: int) -> dict | None:
+    """MAP@12 of ``model`` minus ``other`` on ``split`` over the customers both were scored on, with
+    the paired bootstrap interval (customers resampled); None when ``other`` was not scored."""
+    from hm_recs.evaluation.metrics import paired_bootstrap_diff
+
+    mine = ap[(ap["model"] == model) & (ap["split"] == split)].set_index("customer_idx")["ap"]
+    theirs = ap[(ap["model"] == other) & (ap["split"] == split)].set_index("customer_idx")["ap"]
+    both = mine.index.intersection(theirs.index)
+    if len(both) == 0:
+        return None
+    diff = paired_bootstrap_diff(mine.loc[both].to_numpy(), theirs.loc[both].to_numpy(), None, n_boot)
+    return {"model": model, "minus": other, "split": split, "customers": len(both), **diff}
