@@ -15,7 +15,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,28 +35,13 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "full_pipeline"))
     ap.add_argument("--driver-memory", default="6g")
     args = ap.parse_args()
-    from bench_sessionize import PeakRSS
+    from bench_sessionize import PeakRSS, synthesize
 
     data, work = Path(args.data), Path(args.work)
     rows = []
-    if not (data / "transactions_train.csv").exists():
-        with PeakRSS() as m:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "hm_recs.cli",
-                    "synth",
-                    "--out",
-                    str(data),
-                    "--scale",
-                    "full",
-                    "--images",
-                    "none",
-                ],
-                check=True,
-            )
-        rows.append(("generate (not an asset)", m.seconds, m.peak))
+    generated = synthesize(data, "full")
+    if generated:
+        rows.append(generated)
     os.environ.update(
         {"HM_DATA_DIR": str(data), "HM_STATE_DIR": str(work), "HM_SPARK_DRIVER_MEMORY": args.driver_memory}
     )

@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -120,7 +119,7 @@ def main() -> int:
     )
     ap.add_argument("--data", default=None, help="medium: where the generated data goes")
     args = ap.parse_args()
-    from bench_sessionize import PeakRSS
+    from bench_sessionize import synthesize
 
     default = {
         "small": ROOT / "state",
@@ -138,20 +137,9 @@ def main() -> int:
         ops = run_config("demo")["ops"] | (FULL_CONFIG if args.scale == "full" else {})
         if args.scale == "medium":
             data = Path(args.data) if args.data else ROOT / "benchmarks" / "out" / "medium"
-            if not (data / "transactions_train.csv").exists():
-                with PeakRSS() as m:
-                    cmd = [
-                        sys.executable,
-                        "-m",
-                        "hm_recs.cli",
-                        "synth",
-                        "--out",
-                        str(data),
-                        "--scale",
-                        "medium",
-                    ]
-                    subprocess.run([*cmd, "--images", "none"], check=True)
-                rows.append(("generate (not an asset)", m.seconds, m.peak, ""))
+            generated = synthesize(data, "medium")
+            if generated:
+                rows.append((*generated, ""))
             os.environ["HM_DATA_DIR"] = str(data)
         with dg.DagsterInstance.ephemeral() as instance:
             rows += run_assets(CHAINS[args.scale], ops, instance)

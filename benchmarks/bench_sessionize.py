@@ -63,6 +63,20 @@ class PeakRSS:
         self._thread.join()
 
 
+def synthesize(data: Path, scale: str) -> tuple[str, float, int] | None:
+    """``hm-recs synth --scale <scale> --images none`` into ``data`` unless it holds the files already;
+    the step's row (name, seconds, peak RSS) when it ran."""
+    import subprocess
+
+    if (Path(data) / "transactions_train.csv").exists():
+        return None
+    cmd = [sys.executable, "-m", "hm_recs.cli", "synth", "--out", str(data), "--scale", scale]
+    cmd += ["--images", "none"]
+    with PeakRSS() as m:
+        subprocess.run(cmd, check=True)
+    return ("generate (not an asset)", m.seconds, m.peak)
+
+
 def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 

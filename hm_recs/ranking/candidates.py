@@ -250,15 +250,29 @@ def customers_of(purchases: pd.DataFrame, start: dt.date, days: int = 7) -> Sequ
     return np.unique(purchases.loc[(days_from >= 0) & (days_from < days), "customer_idx"].to_numpy())
 
 
-def from_recommender(recommender, purchases: pd.DataFrame, cutoff: dt.date, who, n: int = 50) -> pd.DataFrame:
+def from_recommender(
+    recommender, purchases: pd.DataFrame, cutoff: dt.date, who, n: int = 50, chunk: int = 1024
+) -> pd.DataFrame:
     """A model's top ``n`` for each customer in ``who`` from their whole history before ``cutoff``
     (any protocol ``Recommender``: GRU4Rec warm, BART), scored ``n - rank`` so a source's first
-    proposal scores highest."""
+    proposal scores highest; asked ``chunk`` customers at a time (a model scores the whole catalogue
+    for each customer it is asked about at once)."""
     past = before(purchases, cutoff).sort_values(["customer_idx", "t_dat"], kind="stable")
     histories = past.groupby("customer_idx")["article_idx"].apply(lambda s: s.to_numpy(np.int64))
     customers = np.asarray(who, np.int64)
     lists = [histories.get(c, np.empty(0, np.int64)) for c in customers]
-    top = recommender.recommend(customers, lists, np.zeros(len(customers), np.int64), n)
+    top = np.concatenate(
+        [
+            recommender.recommend(
+                customers[s : s + chunk],
+                lists[s : s + chunk],
+                np.zeros(len(customers[s : s + chunk]), np.int64),
+                n,
+            )
+            for s in range(0, len(customers), chunk)
+        ]
+        or [np.empty((0, n), np.int64)]
+    )
     rows = pd.DataFrame(
         {
             "customer_idx": np.repeat(customers, n),
