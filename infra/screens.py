@@ -4,7 +4,8 @@
 
 Starts the Dagster webserver (on the demo's instance, ``$DAGSTER_HOME`` or ``state/dagster``) and
 the MLflow UI (on ``HM_MLFLOW_TRACKING_URI`` or ``state/mlflow/mlflow.db``) on spare ports, saves
-the asset graph, the ``model_comparison`` asset page, the MLflow experiment's Models tab and the
+the asset graph, the ranking group, the ``ranker_model`` page (its feature-importance plot), the
+``model_comparison`` asset page, the MLflow experiment's Models tab and the
 MLflow compare view of every model run, then stops both servers. Needs Debian's ``chromium``
 (``apt-get install chromium``) driven by Playwright (``pip install playwright``; no browser
 download: it runs the system Chromium). The pages are single-page apps: each shot waits until the
@@ -162,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                 1000,
                 (),
             ),
+            (
+                "dagster_ranking_group.png",
+                f"{dagster}/locations/hm_recs/asset-groups/ranking",
+                "ranker_evaluation",
+                1000,
+                (),
+            ),
+            ("dagster_ranker_model.png", f"{dagster}/assets/ranker_model", "Feature importance", 2000, ()),
             ("dagster_model_comparison.png", asset, "Columns", 2250, ()),
             ("dagster_comparison_table.png", asset, "Columns", 1000, (("click", "[Show Markdown]"),)),
             ("mlflow_runs.png", f"{mlflow}/#/experiments/{experiment}/runs", "model_comparison", 900, ()),
