@@ -180,7 +180,7 @@ def test_the_objective_is_chosen_on_validation_and_trained_for_every_target(tmp_
     table = frame[frame["week"] == weeks[4]]
     fit.rankers["test"].save(tmp_path / "model.txt")
     again = Ranker.load(tmp_path / "model.txt")
-    assert again.objective == "binary"
+    assert again.objective == "binary" and 20 <= again.n_parameters() <= 20 * 31  # a leaf value each
     np.testing.assert_allclose(again.score(table), fit.rankers["test"].score(table))
     lists = ranked_lists(again, table, k=12)
     assert lists.groupby("customer_idx").size().max() <= 12

@@ -275,6 +275,10 @@ class Ranker:
         gain = self.booster.feature_importance("gain")
         return dict(sorted(zip(FEATURES, map(float, gain), strict=True), key=lambda kv: -kv[1]))
 
+    def n_parameters(self) -> int:
+        """The values the model learned: one per leaf of every tree (the comparison table's count)."""
+        return int(sum(t["num_leaves"] for t in self.booster.dump_model()["tree_info"]))
+
     def save(self, path) -> None:
         """LightGBM's text model (the objective and the feature names travel inside it)."""
         self.booster.save_model(str(path))

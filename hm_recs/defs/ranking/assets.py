@@ -182,6 +182,7 @@ def ranker_model(
         run.log_metrics(
             {
                 "training_seconds": out.seconds,
+                "n_parameters": fit.rankers["serving"].n_parameters(),
                 **{f"validation_MAP_at_12_{o}": v for o, v in fit.validation.items()},
                 **{f"{t}_training_rows": n for t, n in fit.rows.items()},
             }
