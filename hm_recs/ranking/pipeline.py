@@ -26,6 +26,7 @@ from hm_recs.ranking.ranker import (
     SOURCES,
     Ranker,
     WeekContext,
+    customer_batches,
     labelled,
     ranked_lists,
 )
@@ -92,10 +93,8 @@ def week_candidates(
 ) -> Iterator[pd.DataFrame]:
     """The union of the sources for ``who`` at the context's cutoff, ``batch`` customers at a time,
     with the week as ``week``."""
-    who = np.asarray(who, np.int64)
-    step = batch or max(len(who), 1)
-    for s in range(0, len(who), step):
-        yield context.candidates(who[s : s + step], models).assign(week=context.cutoff)
+    for part in customer_batches(np.asarray(who, np.int64), batch):
+        yield context.candidates(part, models).assign(week=context.cutoff)
 
 
 def week_rows(
@@ -179,27 +178,26 @@ def gru4rec_sources(purchases, plans, store, data_version, device="cpu", log=pri
     training week, trained here with the validation fit's settings (resumed from the store)."""
     from hm_recs.models.gru4rec import GRU4RecRecommender, fit_stored, load_fitted
 
-    fitted = {"validation": load_fitted(store, "validation", device)}
-    for target, fallbacks in (("test", ("test",)), ("serving", ("serving", "test"))):
-        for name in fallbacks:  # a family without that refit serves an older fit (never a newer one)
-            try:
-                fitted[target] = load_fitted(store, name, device)
-                break
-            except FileNotFoundError:
-                continue
-        fitted.setdefault(target, fitted.get("test", fitted["validation"]))
+    # load_fitted gives the validation fit for "test" when the family has no test refit; a family
+    # without a serving refit proposes for the serving week with its test fit (older, never newer)
+    fitted = {t: load_fitted(store, t, device) for t in ("validation", "test")}
+    try:
+        fitted["serving"] = load_fitted(store, "serving", device)
+    except FileNotFoundError:
+        fitted["serving"] = fitted["test"]
     cutoff = {SOURCE_TARGET: source_cutoff(plans)}
     for f in fit_stored(purchases, cutoff, fitted["validation"].cfg, store, data_version, device, log):
         fitted[SOURCE_TARGET] = f.model
     return {t: GRU4RecRecommender(m, "warm") for t, m in fitted.items()}
 
 
+# the columns that key both ranking tables: a customer-article pair of a week
+PAIR_FIELDS = [("week", pa.date32()), ("customer_idx", pa.int64()), ("article_idx", pa.int64())]
+
+
 def candidate_schema() -> pa.Schema:
     """The candidates table: every source's score column, present or not (a fixed schema)."""
-    return pa.schema(
-        [("week", pa.date32()), ("customer_idx", pa.int64()), ("article_idx", pa.int64())]
-        + [(s, pa.float64()) for s in SCORES]
-    )
+    return pa.schema(PAIR_FIELDS + [(s, pa.float64()) for s in SCORES])
 
 
 def candidate_batches(
@@ -242,11 +240,7 @@ def recall_rows(candidates: pd.DataFrame, purchases: pd.DataFrame, week: dt.date
 def row_schema() -> pa.Schema:
     """The ranker's rows: the pair, its week, every feature (float32) and the label (missing for the
     serving week)."""
-    return pa.schema(
-        [("week", pa.date32()), ("customer_idx", pa.int64()), ("article_idx", pa.int64())]
-        + [(f, pa.float32()) for f in FEATURES]
-        + [("label", pa.int8())]
-    )
+    return pa.schema(PAIR_FIELDS + [(f, pa.float32()) for f in FEATURES] + [("label", pa.int8())])
 
 
 def feature_batches(
@@ -264,10 +258,8 @@ def feature_batches(
     for week in weeks:
         context = WeekContext(purchases, customers, articles, week)
         table = candidates_of(week)
-        who = table["customer_idx"].unique()
-        step = batch or max(len(who), 1)
-        for s in range(0, len(who), step):
-            part = table[table["customer_idx"].isin(who[s : s + step])].drop(columns="week")
+        for who in customer_batches(table["customer_idx"].unique(), batch):
+            part = table[table["customer_idx"].isin(who)].drop(columns="week")
             rows = week_rows(context, part, purchases, labels=week != serving).assign(week=week)
             yield pa.RecordBatch.from_pandas(rows[schema.names], schema=schema, preserve_index=False)
 

@@ -165,11 +165,15 @@ class WeekContext:
 
     def rows(self, who, models: dict | None = None, batch: int | None = None) -> Iterator[pd.DataFrame]:
         """Candidates with features for ``who``, ``batch`` customers at a time (None: all at once)."""
-        who = np.unique(np.asarray(who, np.int64))
-        step = batch or max(len(who), 1)
-        for s in range(0, len(who), step):
-            part = who[s : s + step]
+        for part in customer_batches(np.unique(np.asarray(who, np.int64)), batch):
             yield self.features(self.candidates(part, models))
+
+
+def customer_batches(who: np.ndarray, batch: int | None) -> Iterator[np.ndarray]:
+    """``who`` in slices of ``batch`` customers (None: one slice)."""
+    step = batch or max(len(who), 1)
+    for s in range(0, len(who), step):
+        yield who[s : s + step]
 
 
 def candidate_table(
