@@ -1,11 +1,16 @@
 """Benchmark: candidate generation and the learned ranker, through the Dagster assets, at three sizes.
 
     make demo && .venv/bin/python benchmarks/bench_ranker.py                  # small: the demo's lake
+    make demo && .venv/bin/python benchmarks/bench_ranker.py --bart-source semantic_id
     .venv/bin/python benchmarks/bench_ranker.py --scale medium                # 2M transactions
     .venv/bin/python benchmarks/bench_full_pipeline.py && \\
         .venv/bin/python benchmarks/bench_ranker.py --scale full              # 31.8M transactions
 
-``small`` reads what ``make demo`` left (``state/``: every model evaluated, the ranker among them).
+``small`` reads what ``make demo`` left (``state/``: every model evaluated, the ranker among them);
+with ``--bart-source VARIANT`` it first re-trains that BART variant there (the demo's settings and
+seed: the same model, its notes now with the recipe the source's extra fit repeats) and re-runs the
+ranker chain with the variant's top 20 as one more source (its fit before the first training week
+trained by ``candidates``).
 ``medium`` generates the medium synthetic data (no images) under ``--work`` and runs ingestion,
 sessionization, POP, GRU4Rec (``demo`` preset), the item index and the ranker chain there.
 ``full`` runs the ranker chain on the lake ``bench_full_pipeline.py`` built (POP evaluated), in this
@@ -44,7 +49,7 @@ FULL_CONFIG = {
 }
 
 
-def run_assets(assets: list[str], ops: dict, instance) -> list[tuple[str, float, int]]:
+def run_assets(assets: list[str], ops: dict, instance, resources=None) -> list[tuple[str, float, int]]:
     import dagster as dg
     from bench_sessionize import PeakRSS
 
@@ -63,6 +68,8 @@ def run_assets(assets: list[str], ops: dict, instance) -> list[tuple[str, float,
                 "dagster/asset_partition_range_end": keys[-1],
             }
         config = narrowed({**QUIET, "ops": ops}, [asset]) if job == "evaluate" else QUIET
+        if resources and job == "evaluate":
+            config = {**config, "resources": resources}
         with PeakRSS() as m:
             res = defs.resolve_job_def(job).execute_in_process(
                 instance=instance, asset_selection=[dg.AssetKey(asset)], tags=tags, run_config=config
@@ -118,6 +125,12 @@ def main() -> int:
         "--work", default=None, help="state folder (default: state/, benchmarks/out/<scale>_ranker)"
     )
     ap.add_argument("--data", default=None, help="medium: where the generated data goes")
+    ap.add_argument(
+        "--bart-source",
+        default=None,
+        metavar="VARIANT",
+        help="a BART variant trained by the demo (small) whose top 20 joins the sources",
+    )
     args = ap.parse_args()
     from bench_sessionize import synthesize
 
@@ -129,12 +142,15 @@ def main() -> int:
     work = Path(args.work) if args.work else default[args.scale]
     os.environ["HM_STATE_DIR"] = str(work)
     rows = []
-    if args.scale != "small":
+    if args.scale != "small" or args.bart_source:
         import dagster as dg
 
         from hm_recs.profiles import run_config
 
         ops = run_config("demo")["ops"] | (FULL_CONFIG if args.scale == "full" else {})
+        if args.bart_source:
+            cands = ops.get("candidates", {}).get("config", {})
+            ops["candidates"] = {"config": {**cands, "bart_source": args.bart_source}}
         if args.scale == "medium":
             data = Path(args.data) if args.data else ROOT / "benchmarks" / "out" / "medium"
             generated = synthesize(data, "medium")
@@ -142,7 +158,8 @@ def main() -> int:
                 rows.append((*generated, ""))
             os.environ["HM_DATA_DIR"] = str(data)
         with dg.DagsterInstance.ephemeral() as instance:
-            rows += run_assets(CHAINS[args.scale], ops, instance)
+            chain = CHAINS.get(args.scale, [f"bart_model_{args.bart_source}", *RANKER_CHAIN])
+            rows += run_assets(chain, ops, instance, run_config("demo").get("resources"))
     from hm_recs.defs.resources import configured_lake
 
     lake = configured_lake()
@@ -152,7 +169,9 @@ def main() -> int:
     print(
         f"{platform.machine()}, {psutil.cpu_count()} cores, {mem:.1f} GiB RAM, Python "
         f"{platform.python_version()}. Command: "
-        f"`.venv/bin/python benchmarks/bench_ranker.py --scale {args.scale}`"
+        f"`.venv/bin/python benchmarks/bench_ranker.py --scale {args.scale}"
+        + (f" --bart-source {args.bart_source}" if args.bart_source else "")
+        + "`"
     )
     if rows:
         print("\n| step | seconds | peak RSS (process tree) | failed checks |\n|---|---|---|---|")

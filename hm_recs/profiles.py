@@ -188,7 +188,16 @@ PROFILES: dict[str, dict] = {
             },
             "bart_evaluation": {"config": {"comparison_events": 16, "diagnostic_events": 16, "beams": 12}},
             # tiny data: two training weeks, a small forest, floors for a few hundred buyers a week
-            "candidates": {"config": {"train_weeks": 2, "min_recall": 0.05}},
+            # BART's top 12 as a source too (its fit before the first training week included)
+            "candidates": {
+                "config": {
+                    "train_weeks": 2,
+                    "min_recall": 0.05,
+                    "bart_source": "semantic_id",
+                    "bart_depth": 12,
+                    "bart_beams": 12,
+                }
+            },
             "ranker_model": {"config": {"n_estimators": 40, "min_distinct_share": 0.1}},
         },
         "resources": {

@@ -339,3 +339,75 @@ def test_training_passes_reconstruct_then_predict_then_revisit_the_newest_weeks(
     )
     with pytest.raises(ValueError, match="task"):
         PairData(data.seqs, data.pairs, codec, task="denoise")
+
+
+def test_a_fit_at_another_cutoff_repeats_the_variants_recipe_and_is_reused(catalogue, tiny_model, tmp_path):
+    """The ranker's BART source needs a model trained before its first training week "as the
+    variant's models are": ``fit_at`` with the recipe in the validation model's notes, at the
+    validation cutoff, trains the very same weights; asked again, it reuses the stored model."""
+    from hm_recs.artifacts import ModelStore
+    from hm_recs.compute import DeviceSpec
+    from hm_recs.models.bart_fitting import RefitPlan, fit_at, fit_variant
+    from hm_recs.sessions.split import TimeSplit
+
+    tok, _ = tiny_model
+    first = np.datetime64("2020-08-01")
+    items = [np.array([i, (i + 1) % 5, (i + 2) % 5, (i + 3) % 5]) for i in range(5) for _ in range(4)]
+    days = [first + np.array([0, 7, 14, 21]) + k for k in range(len(items))]
+    seqs = PurchaseSequences(np.arange(len(items)), items, [d.astype("datetime64[D]") for d in days])
+    split = TimeSplit.from_dates(dt.date(2020, 8, 1), dt.date(2020, 9, 13))
+    codec = SequenceCodec(catalogue, VARIANTS["semantic_id"], tok, 64)
+    settings = BartTrainingSettings(learning_rate=1e-3, batch_size=8, accumulate=1, epochs=2, seed=3)
+    store, spec = ModelStore(str(tmp_path / "models"), tmp_path / "cache"), DeviceSpec("cpu")
+    plan = RefitPlan(refit_for_test=False, refit_for_serving=False)
+    made = {"pretrained": None, "size": "tiny", "dropout": 0.0}
+    (fitted,) = fit_variant(
+        "semantic_id",
+        lambda: new_model(None, "tiny", tok, settings.seed, 0.0),
+        codec,
+        seqs,
+        split,
+        settings,
+        plan,
+        spec,
+        store,
+        ["toy"],
+        log=lambda _: None,
+        model_notes=made,
+    )
+    notes = load_bart(store.path("bart/semantic_id/validation/model"))[2]
+    assert notes["trained_before"] == str(split.validation_start) and notes["recipe"]["model"] == made
+    again = fit_at(
+        "semantic_id",
+        "extra",
+        split.validation_start,
+        notes["recipe"],
+        tok,
+        codec,
+        seqs,
+        spec,
+        store,
+        ["toy"],
+    )
+    assert again.result.steps == fitted.result.steps > 0
+    for a, b in zip(fitted.model.parameters(), again.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    reused = fit_at(
+        "semantic_id",
+        "extra",
+        split.validation_start,
+        notes["recipe"],
+        tok,
+        codec,
+        seqs,
+        spec,
+        store,
+        ["toy"],
+    )
+    assert reused.result.seconds == 0.0 and reused.result.steps == again.result.steps
+    earlier = fit_at(
+        "semantic_id", "extra", dt.date(2020, 8, 20), notes["recipe"], tok, codec, seqs, spec, store, ["toy"]
+    )
+    assert earlier.result.pairs < again.result.pairs and earlier.result.seconds > 0
+    assert load_bart(store.path("bart/semantic_id/extra/model"))[2]["trained_before"] == "2020-08-20"
+

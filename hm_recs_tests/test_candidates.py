@@ -106,6 +106,11 @@ def test_a_models_top_n_is_a_source_fed_only_the_history_before_the_cutoff():
     assert model.seen == [[10, 11, 10, 11], [10, 12]]  # oldest first, nothing from the cutoff on
     assert rows[rows.customer_idx == 0].article_idx.tolist() == [11, 10]
     assert rows[rows.customer_idx == 0].score.tolist() == [3.0, 2.0]  # first proposal scores highest
+    # a source that needs a history (BART) is not asked about customers without one
+    rows = c.from_recommender(model, _purchases(HISTORY + FUTURE), CUTOFF, [0, 1, 99], n=3, history_only=True)
+    assert len(model.seen) == 2 and 99 not in rows.customer_idx.tolist()
+    rows = c.from_recommender(model, _purchases(HISTORY + FUTURE), CUTOFF, [0, 1, 99], n=3)
+    assert len(model.seen) == 3 and model.seen[-1] == []  # asked, with nothing to read
 
 
 def test_the_item_index_proposes_the_nearest_articles_to_recent_purchases(tmp_path):

@@ -147,6 +147,11 @@ def test_whole_graph_materializes_on_tiny_data(
             dg.AssetKey("clean_transactions")
         ).asset_materialization
         assert ev.metadata["rejected"].value == 0 and ev.metadata["dagster/row_count"].value == 12_000
+        # GRU4Rec and BART propose candidates, each for a week with a fit trained before it (checked)
+        cands = instance.get_latest_materialization_event(dg.AssetKey("candidates")).asset_materialization
+        fits = cands.metadata["model_fit_per_week"].value
+        assert set(fits) == {"gru4rec", "bart"} and "ranker_source" in fits["bart"].values()
+        assert "| bart |" in cands.metadata["candidate_recall"].value
 
         metrics = read_metrics(lake)
         bart = {

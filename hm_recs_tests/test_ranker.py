@@ -159,6 +159,13 @@ def test_each_week_gets_a_source_model_trained_before_it():
     assert all(trained_before[fit] <= week for week, fit in fits.items())
     assert fits[dt.date(2020, 9, 9)] == "validation" and fits[dt.date(2020, 8, 19)] == rp.SOURCE_TARGET
     assert rp.train_weeks_of(list(fits), cutoffs["validation"]) == 3
+    # a model source loads each fit once, as the weeks come oldest first, and flags a fit that saw its week
+    loads = []
+    models = rp.WeeklyModels("m", fits, trained_before, lambda t: loads.append(t) or t)
+    assert [models.for_week(w) for w in sorted(fits)] == [fits[w] for w in sorted(fits)]
+    assert loads == [rp.SOURCE_TARGET, "validation", "test", "serving"] and models.later_than() == []
+    leaky = rp.WeeklyModels("m", fits, {**trained_before, "test": dt.date(2020, 9, 23)}, str)
+    assert leaky.later_than() == [dt.date(2020, 9, 16)]
 
 
 def test_the_objective_is_chosen_on_validation_and_trained_for_every_target(tmp_path):

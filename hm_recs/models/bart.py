@@ -883,14 +883,19 @@ def save_bart(model, tokenizer, folder: str | Path, extra: dict | None = None) -
     return folder
 
 
+def load_notes(folder: str | Path) -> dict:
+    """hm_recs' notes of a saved model folder (empty when it has none)."""
+    notes = Path(folder) / "hm_recs.json"
+    return json.loads(notes.read_text()) if notes.exists() else {}
+
+
 def load_bart(folder: str | Path, device="cpu"):
     from transformers import AutoTokenizer, BartForConditionalGeneration
 
     folder = Path(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = BartForConditionalGeneration.from_pretrained(folder).to(device).eval()
-    extra = json.loads((folder / "hm_recs.json").read_text()) if (folder / "hm_recs.json").exists() else {}
-    return tokenizer, model, extra
+    return tokenizer, model, load_notes(folder)
 
 
 def check_trained_before(extra: dict, week_start: dt.date, what: str = "model") -> None:

@@ -70,6 +70,18 @@ class FittedModel:
     uri: str  # where the model folder is stored
 
 
+def recipe(settings: BartTrainingSettings, plan: RefitPlan, model: dict) -> dict:
+    """How the variant's fresh models are trained (recorded in each model's notes): what a fit at
+    another cutoff repeats (:func:`fit_at`). ``model``: ``new_model``'s pretrained, size, dropout."""
+    recency = None if plan.recency is None else dataclasses.asdict(plan.recency)
+    return {
+        "settings": settings_dict(settings),
+        "reconstruction_epochs": plan.reconstruction_epochs,
+        "recency": recency,
+        "model": model,
+    }
+
+
 def fit_variant(
     variant: str,
     new_model: Callable[[], object],
@@ -82,10 +94,13 @@ def fit_variant(
     store,
     identity: list,
     log: Callable[[str], None] = print,
+    model_notes: dict | None = None,
 ) -> Iterator[FittedModel]:
     """Train and store the variant's models, oldest cutoff first, yielding each when it is stored.
-    ``identity``: what makes a run's checkpoints reusable besides the pass (data version, sizes...)."""
+    ``identity``: what makes a run's checkpoints reusable besides the pass (data version, sizes...);
+    ``model_notes``: what ``new_model`` builds from (see :func:`recipe`)."""
     model, previous = None, None
+    how = recipe(settings, plan, model_notes or {})
     for target in plan.targets():
         cutoff = split.cutoff(target)
         if plan.continues(target):
@@ -97,33 +112,92 @@ def fit_variant(
         else:
             model = new_model()
             passes = training_passes(settings, plan.reconstruction_epochs, plan.recency)
-        folder = store.pull(bart_key(variant, target))  # a killed run's checkpoints, from any worker
-        results = []
-        for p in passes:
-            s = p.settings
-            data = PairData(
-                seqs, training_pairs(seqs, cutoff, s.target_weeks), codec, s.max_target_tokens, p.task
-            )
-            key = fingerprint(*identity, target, p.name, settings_dict(s), plan.refit_mode)
-            log(f"{variant}/{target} {p.name} pass: {len(data)} pairs before {cutoff} on {spec.describe()}")
-            checkpoints = folder / ("run" if p.name == "main" else f"run_{p.name}")
-            results.append(train_bart(model, data, checkpoints, s, spec, key))
-        result = combine_results(results)
-        notes = {
-            "variant": variant,
-            "target": target,
-            "trained_before": cutoff.isoformat(),
-            "max_source_tokens": codec.max_tokens,
-            "steps": result.steps,
-            "pairs": result.pairs,
-            "epochs": round(result.epochs, 3),
-            "passes": [p.name for p in passes],
-            "refit_mode": {"test": plan.refit_mode, "serving": "continue"}.get(target),
-        }
-        save_bart(model, codec.tokenizer, folder / "model", notes)
-        store.push(bart_key(variant, target))
+        notes = {"refit_mode": {"test": plan.refit_mode, "serving": "continue"}.get(target), "recipe": how}
+        yield _train_stored(
+            variant,
+            target,
+            cutoff,
+            model,
+            passes,
+            codec,
+            seqs,
+            spec,
+            store,
+            [*identity, plan.refit_mode],
+            notes,
+            log,
+        )
         previous = cutoff
-        yield FittedModel(target, model, result, store.uri(f"{bart_key(variant, target)}/model"))
+
+
+def fit_at(
+    variant: str,
+    target: str,
+    cutoff,
+    how: dict,
+    tokenizer,
+    codec: SequenceCodec,
+    seqs: PurchaseSequences,
+    spec,
+    store,
+    identity: list,
+    log: Callable[[str], None] = print,
+) -> FittedModel:
+    """One more fresh model of the variant, trained on the data before ``cutoff`` as its models
+    are (``how``: the :func:`recipe` in their notes) and stored as ``target``; a stored one of the
+    same recipe, data and cutoff is reused (a killed run resumes from its checkpoints)."""
+    from hm_recs.models.bart import RecencyPass, load_bart, load_notes, new_model
+
+    key = fingerprint(*identity, target, cutoff.isoformat(), how)
+    done = store.pull(f"{bart_key(variant, target)}/model")
+    if load_notes(done).get("fingerprint") == key:
+        _, model, notes = load_bart(done, spec.torch_device())
+        log(f"{variant}/{target}: the stored model trained before {cutoff} is reused")
+        stored = BartTrainingResult(notes["steps"], 0.0, 0.0, notes["steps"], notes["pairs"], notes["epochs"])
+        return FittedModel(target, model, stored, store.uri(f"{bart_key(variant, target)}/model"))
+    settings = BartTrainingSettings(**how["settings"])
+    recency = RecencyPass(**how["recency"]) if how["recency"] else None
+    made = how["model"]
+    model = new_model(
+        made.get("pretrained"), made.get("size", "tiny"), tokenizer, settings.seed, made.get("dropout")
+    )
+    passes = training_passes(settings, how["reconstruction_epochs"], recency)
+    notes = {"recipe": how, "fingerprint": key}
+    return _train_stored(
+        variant, target, cutoff, model, passes, codec, seqs, spec, store, identity, notes, log
+    )
+
+
+def _train_stored(
+    variant, target, cutoff, model, passes, codec, seqs, spec, store, identity, notes, log
+) -> FittedModel:
+    """``passes`` over the pairs before ``cutoff``, then the model and its notes in the store."""
+    folder = store.pull(bart_key(variant, target))  # a killed run's checkpoints, from any worker
+    results = []
+    for p in passes:
+        s = p.settings
+        data = PairData(
+            seqs, training_pairs(seqs, cutoff, s.target_weeks), codec, s.max_target_tokens, p.task
+        )
+        key = fingerprint(*identity, target, p.name, settings_dict(s))
+        log(f"{variant}/{target} {p.name} pass: {len(data)} pairs before {cutoff} on {spec.describe()}")
+        checkpoints = folder / ("run" if p.name == "main" else f"run_{p.name}")
+        results.append(train_bart(model, data, checkpoints, s, spec, key))
+    result = combine_results(results)
+    notes = {
+        "variant": variant,
+        "target": target,
+        "trained_before": cutoff.isoformat(),
+        "max_source_tokens": codec.max_tokens,
+        "steps": result.steps,
+        "pairs": result.pairs,
+        "epochs": round(result.epochs, 3),
+        "passes": [p.name for p in passes],
+        **notes,
+    }
+    save_bart(model, codec.tokenizer, folder / "model", notes)
+    store.push(bart_key(variant, target))
+    return FittedModel(target, model, result, store.uri(f"{bart_key(variant, target)}/model"))
 
 
 def distinct_histories(seqs: PurchaseSequences, split: TimeSplit, n: int, seed: int = 0) -> list[np.ndarray]:

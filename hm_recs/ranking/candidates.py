@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -250,16 +251,35 @@ def customers_of(purchases: pd.DataFrame, start: dt.date, days: int = 7) -> Sequ
     return np.unique(purchases.loc[(days_from >= 0) & (days_from < days), "customer_idx"].to_numpy())
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """A protocol model as a source: its top ``n``; ``history_only``: customers without a purchase
+    before the cutoff get nothing from it (a sequence model with nothing to read writes one generic
+    list, which the popularity sources already give, at the full price of decoding)."""
+
+    recommender: object
+    n: int = 50
+    history_only: bool = False
+
+
 def from_recommender(
-    recommender, purchases: pd.DataFrame, cutoff: dt.date, who, n: int = 50, chunk: int = 1024
+    recommender,
+    purchases: pd.DataFrame,
+    cutoff: dt.date,
+    who,
+    n: int = 50,
+    chunk: int = 1024,
+    history_only: bool = False,
 ) -> pd.DataFrame:
     """A model's top ``n`` for each customer in ``who`` from their whole history before ``cutoff``
     (any protocol ``Recommender``: GRU4Rec warm, BART), scored ``n - rank`` so a source's first
     proposal scores highest; asked ``chunk`` customers at a time (a model scores the whole catalogue
-    for each customer it is asked about at once)."""
+    for each customer it is asked about at once); ``history_only``: see :class:`ModelSource`."""
     past = before(purchases, cutoff).sort_values(["customer_idx", "t_dat"], kind="stable")
     histories = past.groupby("customer_idx")["article_idx"].apply(lambda s: s.to_numpy(np.int64))
     customers = np.asarray(who, np.int64)
+    if history_only:
+        customers = customers[np.isin(customers, histories.index.to_numpy())]
     lists = [histories.get(c, np.empty(0, np.int64)) for c in customers]
     top = np.concatenate(
         [

@@ -3,9 +3,10 @@
 Three rankers are trained, like every model family's three fits: for the validation week (on the
 ``train_weeks`` weeks before it; it chooses the objective), for the test week (the reported
 numbers) and for serving (the week after the data: the registered lists). Each week's candidates
-come from purchases before its first day; a model source (GRU4Rec) proposes for a week only when it
-was trained before that week: the target weeks use the family's own fit for them, the training
-weeks before the validation week an extra fit before the first of them (``SOURCE_TARGET``).
+come from purchases before its first day; a model source (GRU4Rec, BART) proposes for a week only
+when it was trained before that week: the target weeks use the family's own fits, the training
+weeks before the validation week an extra fit before the first of them (``SOURCE_TARGET``), trained
+as the family's validation fit was (:class:`WeeklyModels`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from hm_recs.ranking.ranker import (
 SCORES = [f"score_{s}" for s in SOURCES]
 
 TARGETS = ("validation", "test", "serving")
-SOURCE_TARGET = "ranker_source"  # the GRU4Rec fit before the first training week
+SOURCE_TARGET = "ranker_source"  # a model source's extra fit before the first training week
 SERVED_DEPTH = 24  # articles kept per customer in the registered lists (filled from the fallback)
 FALLBACK_DEPTH = 200
 
@@ -70,14 +71,38 @@ def train_weeks_of(weeks: Sequence[dt.date], validation_start: dt.date) -> int:
 
 
 def source_fits(plans: Sequence[RankerWeeks]) -> dict[dt.date, str]:
-    """Week -> the GRU4Rec fit target that proposes for it (trained before that week)."""
+    """Week -> the fit target of a model source that proposes for it (trained before that week)."""
     targets = {p.start: p.target for p in plans}
     return {w: targets.get(w, SOURCE_TARGET) for w in weeks_to_build(plans)}
 
 
 def source_cutoff(plans: Sequence[RankerWeeks]) -> dt.date:
-    """The first day the extra GRU4Rec fit may not see: the first training week."""
+    """The first day a model source's extra fit may not see: the first training week."""
     return min(weeks_to_build(plans))
+
+
+@dataclass
+class WeeklyModels:
+    """A model as a candidate source, one fit per week: ``fits`` (week -> fit target), when each
+    fit's data ends (``trained_before``) and ``load`` (fit target -> its ``ModelSource``), called
+    once per fit as the weeks are built oldest first (one model in memory at a time)."""
+
+    name: str  # the source: its score column is score_<name>
+    fits: dict[dt.date, str]
+    trained_before: dict[str, dt.date]
+    load: Callable[[str], cand.ModelSource]
+    _loaded: tuple = (None, None)
+
+    def for_week(self, week: dt.date) -> cand.ModelSource:
+        target = self.fits[week]
+        if self._loaded[0] != target:
+            self._loaded = (None, None)  # free the previous fit first
+            self._loaded = (target, self.load(target))
+        return self._loaded[1]
+
+    def later_than(self) -> list[dt.date]:
+        """The weeks whose fit saw data from the week on (must be none)."""
+        return [w for w, t in self.fits.items() if self.trained_before[t] > w]
 
 
 def week_customers(purchases: pd.DataFrame, start: dt.date, labelled_week: bool) -> np.ndarray:
@@ -172,10 +197,10 @@ def ranking_inputs(lake) -> tuple[pd.DataFrame, pd.DataFrame]:
     return customers, articles
 
 
-def gru4rec_sources(purchases, plans, store, data_version, device="cpu", log=print) -> dict[str, object]:
-    """GRU4Rec (warm) per fit target for the weeks it may propose for (``source_fits``): the family's
-    validation, test and serving fits from the model store, and the extra fit before the first
-    training week, trained here with the validation fit's settings (resumed from the store)."""
+def gru4rec_source(purchases, plans, store, split, data_version, device="cpu", log=print) -> WeeklyModels:
+    """GRU4Rec (warm, top 50) per week (``source_fits``): the family's validation, test and serving
+    fits from the model store, and the extra fit before the first training week, trained here with
+    the validation fit's settings (resumed from the store)."""
     from hm_recs.models.gru4rec import GRU4RecRecommender, fit_stored, load_fitted
 
     # load_fitted gives the validation fit for "test" when the family has no test refit; a family
@@ -188,7 +213,70 @@ def gru4rec_sources(purchases, plans, store, data_version, device="cpu", log=pri
     cutoff = {SOURCE_TARGET: source_cutoff(plans)}
     for f in fit_stored(purchases, cutoff, fitted["validation"].cfg, store, data_version, device, log):
         fitted[SOURCE_TARGET] = f.model
-    return {t: GRU4RecRecommender(m, "warm") for t, m in fitted.items()}
+    trained = {t: split.cutoff(t) for t in TARGETS} | cutoff
+    return WeeklyModels(
+        "gru4rec",
+        source_fits(plans),
+        trained,
+        lambda t: cand.ModelSource(GRU4RecRecommender(fitted[t], "warm")),
+    )
+
+
+def bart_source(
+    lake, store, variant: str, plans, spec, n: int = 20, beams: int = 20, log=print
+) -> WeeklyModels:
+    """BART ``variant``'s top ``n`` by catalogue-constrained beam search (it writes only real
+    articles, ranked by sequence likelihood) for customers with a history, per week: the newest of
+    the variant's stored fits trained before the week (``model_for_week``, the rule its evaluation
+    follows), and an extra fit before the first training week trained as the variant's fresh models
+    are (the ``recipe`` in their notes; reused or resumed from the model store)."""
+    from hm_recs.artifacts import bart_key
+    from hm_recs.models.bart import VARIANTS, SequenceCodec, fitted_models, load_bart, load_notes
+    from hm_recs.models.bart_fitting import fit_at, load_tokenizer, sequences_from_table
+    from hm_recs.retrieval.bart_evaluation import model_for_week
+    from hm_recs.retrieval.bart_recommender import BartRecommender
+    from hm_recs.retrieval.catalogue import CatalogueTables
+    from hm_recs.retrieval.constrained import ItemTrie
+    from hm_recs.tables import SEQUENCES
+
+    folders = fitted_models(store, variant)
+    notes = load_notes(folders[0])
+    if "recipe" not in notes:
+        raise ValueError(
+            f"bart/{variant}: its models record no training recipe (older than this code): "
+            f"re-materialize bart_model_{variant}"
+        )
+    catalogue = CatalogueTables.from_lake(lake).catalogue()
+    tokenizer = load_tokenizer(store)
+    codec = SequenceCodec(catalogue, VARIANTS[variant], tokenizer, notes["max_source_tokens"])
+    seqs = sequences_from_table(lake.read(SEQUENCES))
+    extra = fit_at(
+        variant,
+        SOURCE_TARGET,
+        source_cutoff(plans),
+        notes["recipe"],
+        tokenizer,
+        codec,
+        seqs,
+        spec,
+        store,
+        [variant, lake.version(SEQUENCES), notes["max_source_tokens"]],
+        log,
+    )
+    folders = [store.pull(f"{bart_key(variant, SOURCE_TARGET)}/model"), *folders]
+    by_target = {f.parent.name: f for f in folders}  # bart/<variant>/<target>/model
+    trained = {t: dt.date.fromisoformat(load_notes(f)["trained_before"]) for t, f in by_target.items()}
+    fits = {w: model_for_week(folders, w).parent.name for w in weeks_to_build(plans)}
+    log(f"BART {variant} source: {extra.result.steps} steps for the fit before {source_cutoff(plans)}")
+
+    def load(target: str) -> cand.ModelSource:
+        tok, model, _ = load_bart(by_target[target], spec.torch_device())
+        model_codec = SequenceCodec(catalogue, VARIANTS[variant], tok, notes["max_source_tokens"])
+        rec = BartRecommender(f"bart_{variant}", model, model_codec, "constrained", beams, trie=trie)
+        return cand.ModelSource(rec, n, history_only=True)
+
+    trie = ItemTrie(codec.targets())  # the catalogue's token sequences, shared by every fit
+    return WeeklyModels("bart", fits, trained, load)
 
 
 # the columns that key both ranking tables: a customer-article pair of a week
@@ -205,21 +293,20 @@ def candidate_batches(
     customers: pd.DataFrame,
     articles: pd.DataFrame,
     plans: Sequence[RankerWeeks],
-    models: dict[str, object] | None = None,
+    models: Sequence[WeeklyModels] = (),
     neighbours: pd.DataFrame | None = None,
     batch: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Iterator[pa.RecordBatch]:
     """Every week's candidates (``weeks_to_build``), ``batch`` customers at a time, as record
-    batches of ``candidate_schema``; ``models``: GRU4Rec fit target -> recommender
-    (``gru4rec_sources``), each proposing only for the weeks ``source_fits`` gives it."""
+    batches of ``candidate_schema``; ``models``: the model sources (``gru4rec_source``,
+    ``bart_source``), each proposing for a week with its fit for that week."""
     schema = candidate_schema()
     serving = next(p.start for p in plans if p.target == "serving")
-    fits = source_fits(plans)
     for week in weeks_to_build(plans):
         context = WeekContext(purchases, customers, articles, week, neighbours)
         who = week_customers(purchases, week, week != serving)
-        chosen = {"gru4rec": models[fits[week]]} if models else None
+        chosen = {m.name: m.for_week(week) for m in models}
         log(f"candidates for the week of {week}: {len(who)} customers")
         for part in week_candidates(context, who, chosen, batch):
             part = part.reindex(columns=schema.names)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from hm_recs.ranking import candidates as cand
 
-SOURCES = ["repurchase", "copurchase", "popular", "popular_age", "same_product", "similar", "gru4rec"]
+SOURCES = ["repurchase", "copurchase", "popular", "popular_age", "same_product", "similar", "gru4rec", "bart"]
 # article attributes given to the ranker as numbers (H&M's codes; LightGBM splits on them)
 ATTRIBUTES = ["product_type_no", "index_group_no", "garment_group_no", "colour_group_code"]
 FEATURES = [
@@ -108,8 +108,8 @@ class WeekContext:
 
     def candidates(self, who, models: dict | None = None) -> pd.DataFrame:
         """The union of every source for the customers ``who`` (one ``score_<source>`` column each);
-        ``models``: name -> a protocol recommender trained before the cutoff, whose top 50 is a
-        source."""
+        ``models``: name -> a :class:`~hm_recs.ranking.candidates.ModelSource` (or a bare protocol
+        recommender: its top 50) trained before the cutoff."""
         mine = self.of(who)
         asked = self.customers[self.customers["customer_idx"].isin(who)]
         banded = asked.assign(band=cand.age_band(asked["age"]))
@@ -123,7 +123,15 @@ class WeekContext:
         if self.neighbours is not None:
             sources["similar"] = cand.similar(mine, self.neighbours, self.cutoff)
         for name, model in (models or {}).items():
-            sources[name] = cand.from_recommender(model, mine, self.cutoff, asked["customer_idx"])
+            src = model if isinstance(model, cand.ModelSource) else cand.ModelSource(model)
+            sources[name] = cand.from_recommender(
+                src.recommender,
+                mine,
+                self.cutoff,
+                asked["customer_idx"],
+                src.n,
+                history_only=src.history_only,
+            )
         return cand.union(sources)
 
     def features(self, table: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from hm_recs.artifacts import ranker_key
+from hm_recs.compute import DeviceSpec
 from hm_recs.data.delta import Lake
 from hm_recs.ranking import pipeline as rp
 from hm_recs.ranking.candidates import neighbour_table
@@ -58,8 +59,8 @@ def _week(lake: Lake, table: str, week: dt.date, extra=()) -> pd.DataFrame:
 @dataclass
 class CandidatesOutcome:
     recall: pd.DataFrame  # week, source, recall, customers_hit, candidates_per_customer, pairs
-    fits: dict[dt.date, str]  # week -> the GRU4Rec fit proposing for it
-    later_sources: list[str]  # weeks whose source was trained on or after them (must be none)
+    fits: dict[str, dict[str, str]]  # model source -> week -> the fit proposing for it
+    later_sources: list[str]  # "source week" whose fit was trained on or after the week (must be none)
     validation_recall: float
     neighbours: int
 
@@ -68,21 +69,32 @@ def build_candidates(
     lake: Lake,
     train_weeks: int,
     store=None,
-    device="cpu",
+    spec=None,
     index=None,
     neighbours: int = 10,
     batch: int | None = None,
     log: Callable[[str], None] = print,
+    gru4rec: bool = True,
+    bart: str | None = None,
+    bart_depth: int = 20,
+    beams: int = 20,
 ) -> CandidatesOutcome:
     """Write every week's candidates (``rp.candidate_batches``) and each source's recall. ``store``:
-    the model store holding GRU4Rec's fits (None: no GRU4Rec source); ``index``: the item index
-    (None: no neighbour source)."""
+    the model store with the model sources' fits (None: no model source), of which ``gru4rec``
+    (GRU4Rec's top 50) and ``bart`` (a BART variant's top ``bart_depth`` under ``beams`` beams);
+    ``spec``: the ``DeviceSpec`` they run and train on; ``index``: the item index (None: no
+    neighbour source)."""
     data = Inputs.read(lake)
     plans = data.plans(train_weeks)
-    models = None
-    if store is not None:
+    spec = spec or DeviceSpec("cpu")
+    models = []
+    if store is not None and gru4rec:
         version = lake.version(SESSIONS_TABLE)
-        models = rp.gru4rec_sources(data.purchases, plans, store, version, device, log)
+        models.append(
+            rp.gru4rec_source(data.purchases, plans, store, data.split, version, spec.torch_device(), log)
+        )
+    if store is not None and bart:
+        models.append(rp.bart_source(lake, store, bart, plans, spec, bart_depth, beams, log))
     near = neighbour_table(index, neighbours) if index is not None else None
     batches = rp.candidate_batches(
         data.purchases, data.customers, data.articles, plans, models, near, batch, log
@@ -94,9 +106,8 @@ def build_candidates(
             recall += rp.recall_rows(_week(lake, CANDIDATES_TABLE, week), data.purchases, week)
     frame = pd.DataFrame(recall)
     lake.write(CANDIDATE_RECALL_TABLE, pa.Table.from_pandas(frame, preserve_index=False))
-    fits = rp.source_fits(plans)
-    trained_before = {t: split.cutoff(t) for t in FIT_TARGETS} | {rp.SOURCE_TARGET: rp.source_cutoff(plans)}
-    later = [str(w) for w in _weeks(lake, CANDIDATES_TABLE) if models and trained_before[fits[w]] > w]
+    fits = {m.name: {str(w): t for w, t in m.fits.items()} for m in models}
+    later = [f"{m.name} {w}" for m in models for w in m.later_than()]
     union = frame[(frame["week"] == split.validation_start) & (frame["source"] == "union")]["recall"]
     return CandidatesOutcome(
         frame,

@@ -200,6 +200,7 @@ def _train_variant(
         store,
         [*identity, lk.version(SEQUENCES)],
         log=context.log.info,
+        model_notes={"pretrained": bart.pretrained, "size": bart.size, "dropout": config.dropout},
     )
     for f in fitted:
         _record(run, meta, f)

@@ -14,6 +14,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext
 
 from hm_recs.artifacts import ranker_key
+from hm_recs.defs.bart.assets import bart_models
 from hm_recs.defs.bart.items import item_index
 from hm_recs.defs.evaluation.assets import evaluation_events, protocol_metadata
 from hm_recs.defs.gru4rec.assets import gru4rec_model
@@ -54,11 +55,19 @@ def _check(name: str, passed: bool, metadata: dict) -> dg.AssetCheckResult:
     group_name=GROUP,
     kinds={"deltalake", "lancedb", "pytorch"},
     op_tags=TORCH_STEP,
-    deps=[sessions, time_split, article_features, customer_features, gru4rec_model, item_index],
+    deps=[
+        sessions,
+        time_split,
+        article_features,
+        customer_features,
+        gru4rec_model,
+        *bart_models.values(),
+        item_index,
+    ],
     check_specs=checks(
         "candidates",
         sources_trained_before_their_week="Every week's candidates come from purchases before its first "
-        "day, and its GRU4Rec source was trained before that day",
+        "day, and each model source (GRU4Rec, BART) proposing for it was trained before that day",
         recall_above_floor="The union of the sources covers at least min_recall of the validation "
         "week's purchases",
     ),
@@ -73,8 +82,9 @@ def candidates(
 ) -> dg.MaterializeResult:
     """Candidate articles for every week the rankers learn from or rank: each customer's past
     purchases, co-purchases, best sellers overall and in the customer's age band, other colours of
-    the same product, the item index's nearest neighbours and GRU4Rec's top 50, one score column
-    per source; each source's recall on the labelled weeks."""
+    the same product, the item index's nearest neighbours, GRU4Rec's top 50 and, with
+    ``bart_source``, a BART variant's top ``bart_depth``; one score column per source; each source's
+    recall on the labelled weeks."""
     lk = lake.open()
     index = None
     if config.item_index_source:
@@ -84,18 +94,22 @@ def candidates(
     out = stages.build_candidates(
         lk,
         config.train_weeks,
-        models.store() if config.gru4rec_source else None,
-        compute.spec().torch_device(),
+        models.store(),
+        compute.spec(),
         index,
         config.neighbours,
         config.batch_customers,
         context.log.info,
+        gru4rec=config.gru4rec_source,
+        bart=config.bart_source,
+        bart_depth=config.bart_depth,
+        beams=config.bart_beams,
     )
     meta = table_metadata(lk, CANDIDATES_TABLE, preview_rows=0)
     meta["candidate_recall"] = _md(
         out.recall[out.recall["week"] >= load_time_split(lk).validation_start].round(4)
     )
-    meta["gru4rec_fit_per_week"] = dg.MetadataValue.json({str(w): t for w, t in out.fits.items()})
+    meta["model_fit_per_week"] = dg.MetadataValue.json(out.fits)
     meta["item_index_neighbours"] = out.neighbours
     return dg.MaterializeResult(
         metadata=meta,

@@ -8,6 +8,11 @@ from hm_recs.ranking.ranker import OBJECTIVES
 class CandidatesConfig(dg.Config):
     train_weeks: int = 4  # labelled weeks each ranker learns from
     gru4rec_source: bool = True  # GRU4Rec's top 50 as a source (trained before each week it proposes for)
+    # a BART variant's top bart_depth as a source (constrained beam search for every candidate customer
+    # with a history, with a fit before the first training week): None: no BART source
+    bart_source: str | None = None
+    bart_depth: int = 20
+    bart_beams: int = 20
     item_index_source: bool = True  # the item index's nearest neighbours of recent purchases
     neighbours: int = 10  # per article, for the item-index source
     batch_customers: int = 100_000  # customers per batch (bounded memory on the full data)
