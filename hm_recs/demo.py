@@ -47,14 +47,24 @@ def resolve_data_dir(data_dir: str | None, scale: str, seed: int) -> Path:
 
 
 def run_pipeline(
-    defs, instance, lake, log=print, models: dict | None = None, evaluate_assets: list[str] | None = None
+    defs,
+    instance,
+    lake,
+    log=print,
+    models: dict | None = None,
+    evaluate_assets: list[str] | None = None,
+    data_dir: str | Path | None = None,
 ) -> tuple[dict[str, float], dict]:
     """Run the three jobs in order on ``instance``; returns seconds and the result per job.
 
     ``models`` is the evaluate job's run config (``DEMO_MODELS`` by default); ``evaluate_assets``
-    narrows the evaluate job to those assets (None: all of them).
+    narrows the evaluate job to those assets (None: all of them); ``data_dir``: the folder the
+    ``hm_data`` resource reads, given in the runs' config (None: the resource's own).
     """
     models = DEMO_MODELS if models is None else models
+    data = {} if data_dir is None else {"hm_data": {"config": {"data_dir": str(data_dir)}}}
+    ingest_config = {**QUIET, "resources": data}
+    models = {**models, "resources": {**models.get("resources", {}), **data}}
     import dagster as dg
     import pyarrow.compute as pc
 
@@ -65,7 +75,9 @@ def run_pipeline(
     timings, results = {}, {}
     t = time.perf_counter()
     log("1/3 ingest: raw and clean tables, image manifest, features")
-    results["ingest"] = defs.resolve_job_def("ingest").execute_in_process(instance=instance, run_config=QUIET)
+    results["ingest"] = defs.resolve_job_def("ingest").execute_in_process(
+        instance=instance, run_config=ingest_config
+    )
     timings["ingest"] = time.perf_counter() - t
 
     dates = lake.read(clean_table_name(TRANSACTIONS), columns=["t_dat"]).column(0)
@@ -102,7 +114,6 @@ def run_demo(
     start = time.perf_counter()
     home = ensure_dagster_home()
     data = resolve_data_dir(data_dir, scale, seed)
-    os.environ["HM_DATA_DIR"] = str(data)
 
     from dagster import DagsterInstance
 
@@ -117,7 +128,7 @@ def run_demo(
     lake = configured_lake()
     print(f"data: {data}\nlake: {lake.root}\nDagster instance: {home}\nrun profile: {profile}")
     with DagsterInstance.get() as instance:
-        timings, _ = run_pipeline(defs, instance, lake, models=run_config(profile))
+        timings, _ = run_pipeline(defs, instance, lake, models=run_config(profile), data_dir=data)
     metrics = read_metrics(lake)
     print("\nMetrics on the shared protocol (95 % bootstrap intervals):\n")
     print(format_metrics(metrics))

@@ -411,3 +411,57 @@ def test_a_fit_at_another_cutoff_repeats_the_variants_recipe_and_is_reused(catal
     assert earlier.result.pairs < again.result.pairs and earlier.result.seconds > 0
     assert load_bart(store.path("bart/semantic_id/extra/model"))[2]["trained_before"] == "2020-08-20"
 
+
+def test_a_run_killed_on_one_worker_resumes_on_another_from_its_pushed_checkpoint(
+    catalogue, tiny_model, tmp_path
+):
+    """Each checkpoint goes to the model store as it is written (``lightning_trainer``'s
+    ``on_checkpoint``): a worker killed after its first checkpoint leaves it in S3 (moto's server),
+    and a second worker with an empty disk resumes from that step, not from the start."""
+    import boto3
+
+    from hm_recs.artifacts import ModelStore
+    from hm_recs_tests.services import s3_server
+
+    creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
+    tok, _ = tiny_model
+    data, _ = _toy(catalogue, tok, "semantic_id")
+    settings = BartTrainingSettings(
+        learning_rate=1e-3, batch_size=8, accumulate=1, max_steps=12, checkpoint_every=5
+    )
+    key = "bart/semantic_id/validation"
+    with s3_server(tmp_path) as endpoint:
+        boto3.client("s3", endpoint_url=endpoint, **creds).create_bucket(Bucket="hm-models")
+        opts = {"endpoint_url": endpoint, **creds}
+        first = ModelStore("s3://hm-models/models", tmp_path / "worker_a", opts)
+        pushes = []
+
+        def push_then_die():
+            first.push(key)
+            pushes.append(1)
+            raise RuntimeError("worker killed")
+
+        with pytest.raises(RuntimeError, match="worker killed"):
+            train_bart(
+                new_model(None, "tiny", tok, seed=1),
+                data,
+                first.pull(key) / "run",
+                settings,
+                fingerprint="x",
+                progress=False,
+                on_checkpoint=push_then_die,
+            )
+        assert pushes == [1] and first.exists(f"{key}/run/checkpoints/last.ckpt")
+        second = ModelStore("s3://hm-models/models", tmp_path / "worker_b", opts)
+        calls = []
+        result = train_bart(
+            new_model(None, "tiny", tok, seed=1),
+            data,
+            second.pull(key) / "run",
+            settings,
+            fingerprint="x",
+            progress=False,
+            on_checkpoint=lambda: calls.append(1),
+        )
+        assert result.resumed_from_step == 5 and result.steps == 12
+        assert len(calls) == 1  # the step-10 checkpoint (the model itself is saved after training)

@@ -37,7 +37,7 @@ import json
 import math
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -741,10 +741,11 @@ def train_bart(
     device: DeviceSpec = DeviceSpec("cpu"),
     fingerprint: str = "",
     progress: bool = True,
+    on_checkpoint: Callable[[], object] | None = None,
 ) -> BartTrainingResult:
     """Fine-tune ``model`` in place on ``data``; resumes from ``workdir/checkpoints/last.ckpt`` of the
-    same fingerprint."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    same fingerprint; ``on_checkpoint``: called after each checkpoint (``lightning_trainer``)."""
+    from hm_recs.training import lightning_trainer
 
     if len(data) == 0:
         raise ValueError(
@@ -774,25 +775,18 @@ def train_bart(
         settings.schedule,
         settings.weight_decay,
     )
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        max_epochs=math.ceil(max_steps / steps_per_epoch) + 1,  # max_steps ends it
+    trainer = lightning_trainer(
+        device,
+        folder.checkpoints,
+        settings.checkpoint_every,
+        max_steps,
+        math.ceil(max_steps / steps_per_epoch) + 1,  # max_steps ends it
+        workdir,
+        progress,
+        on_checkpoint,
         accumulate_grad_batches=settings.accumulate,
         gradient_clip_val=1.0,
-        callbacks=[
-            ModelCheckpoint(
-                dirpath=folder.checkpoints,
-                every_n_train_steps=settings.checkpoint_every,
-                save_last=True,
-                save_top_k=0,
-            )
-        ],
-        logger=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        default_root_dir=str(workdir),
         use_distributed_sampler=False,  # the bucket sampler shards by rank itself
-        **device.lightning_kwargs(),
     )
     resume = folder.resume
     resumed = (

@@ -11,6 +11,7 @@ Each model goes to the model store under ``bart/<variant>/<target>`` (``model/``
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -182,7 +183,9 @@ def _train_stored(
         key = fingerprint(*identity, target, p.name, settings_dict(s))
         log(f"{variant}/{target} {p.name} pass: {len(data)} pairs before {cutoff} on {spec.describe()}")
         checkpoints = folder / ("run" if p.name == "main" else f"run_{p.name}")
-        results.append(train_bart(model, data, checkpoints, s, spec, key))
+        # each checkpoint goes to the store as it is written: a kill loses at most checkpoint_every steps
+        push = functools.partial(store.push, bart_key(variant, target))
+        results.append(train_bart(model, data, checkpoints, s, spec, key, on_checkpoint=push))
     result = combine_results(results)
     notes = {
         "variant": variant,

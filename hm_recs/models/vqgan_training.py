@@ -20,7 +20,7 @@ import json
 import time
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,10 +250,12 @@ def train_vqgan(
     fingerprint: str = "",
     progress: bool = True,
     perceptual_calibrated: bool = False,
+    on_checkpoint: Callable[[], object] | None = None,
 ) -> tuple[VQModel, TrainingResult]:
     """Fine-tune (or train) a VQGAN on ``image_paths``; resumes from ``workdir/checkpoints/last.ckpt``
-    when it was made for the same ``fingerprint``."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    when it was made for the same ``fingerprint``; ``on_checkpoint``: called after each checkpoint
+    (``lightning_trainer``)."""
+    from hm_recs.training import lightning_trainer
 
     quiet_lightning()
     folder = TrainingDir(workdir, fingerprint)
@@ -290,23 +292,17 @@ def train_vqgan(
         collate_fn=collate,
         generator=torch.Generator().manual_seed(settings.seed),
     )
-    trainer = L.Trainer(
-        max_steps=settings.max_steps * 2,  # Lightning counts both optimizers' steps
-        max_epochs=max(1, int(np.ceil(settings.max_steps * devices / max(1, len(loader)))))
-        + 1,  # max_steps ends it; this keeps the bar's epoch count sane
+    trainer = lightning_trainer(
+        device,
+        ckpt_dir,
+        settings.checkpoint_every * 2,  # Lightning counts both optimizers' steps
+        settings.max_steps * 2,
+        # max_steps ends it; this keeps the bar's epoch count sane
+        max(1, int(np.ceil(settings.max_steps * devices / max(1, len(loader))))) + 1,
+        workdir,
+        progress,
+        on_checkpoint,
         accumulate_grad_batches=1,
-        callbacks=[
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                every_n_train_steps=settings.checkpoint_every * 2,
-                save_last=True,
-                save_top_k=0,
-            )
-        ],
-        logger=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        default_root_dir=str(workdir),
         deterministic=False,
         **kw,
     )
@@ -499,6 +495,7 @@ def finetune_stored(
         init_state=base.state_dict(),
         fingerprint=key,
         perceptual_calibrated=bool(extra.get("perceptual_calibrated")),
+        on_checkpoint=lambda: store.push(VQGAN_CHECKPOINTS),  # a kill loses at most checkpoint_every steps
     )
     store.push(VQGAN_CHECKPOINTS)
     save_model(model, store.path(VQGAN_FINETUNED), extra={**extra, "steps": result.steps})
