@@ -116,12 +116,14 @@ def test_whole_graph_materializes_on_tiny_data(
     from hm_recs.defs.resources import configured_lake
     from hm_recs.demo import SMOKE_MODELS, run_pipeline
     from hm_recs.evaluation.weeks import read_metrics
-    from hm_recs.paths import default_tracking_uri, state_dir
+    from hm_recs.paths import state_dir
 
     monkeypatch.setenv("HM_DATA_DIR", str(tiny_dataset))
     monkeypatch.setenv("HM_LAKE_URI", str(tmp_path / "lake"))
     monkeypatch.setenv("HM_LANCEDB_URI", str(tmp_path / "lancedb"))
-    monkeypatch.setenv("HM_MLFLOW_TRACKING_URI", default_tracking_uri())  # what a server would be
+    # its own tracking store (other tests of this worker's session register champions in the
+    # session's), named in the environment as a server would be, so the fresh workers share it
+    monkeypatch.setenv("HM_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     endpoint = s3_endpoint
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="hm-models")
     monkeypatch.setenv("HM_MODELS_URI", "s3://hm-models/models")
