@@ -43,6 +43,11 @@ def bart_key(variant: str, target: str) -> str:
     return f"bart/{variant}/{target}"
 
 
+def bart_grounding_key(variant: str) -> str:
+    """How a BART variant's output becomes articles (chosen by its training asset): a JSON file."""
+    return f"bart/{variant}/grounding.json"
+
+
 @dataclass
 class ModelStore:
     """``root``: a folder or ``s3://bucket/prefix``; ``cache``: the local working copy of a remote

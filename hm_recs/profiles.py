@@ -124,7 +124,6 @@ PROFILES: dict[str, dict] = {
             },
             "vqgan_evaluation": {"config": {"max_images": 200, "psnr_floor": 12.0}},
             **{f"bart_model_{v}": _bart_cpu(v, CPU_TARGET_WEEKS) for v in VARIANTS},
-            "bart_evaluation": {"config": {"comparison_events": 500}},
         },
         "resources": {"bart": {"config": {"size": "tiny", "source_tokens": CPU_SOURCE_TOKENS}}},
     },
@@ -182,11 +181,12 @@ PROFILES: dict[str, dict] = {
                         "refit_for_test": False,
                         "checkpoint_every": 6,
                         "min_distinct_share": 0.0,
+                        "comparison_events": 16,
                     }
                 }
                 for v in VARIANTS
             },
-            "bart_evaluation": {"config": {"comparison_events": 16, "diagnostic_events": 16, "beams": 12}},
+            "bart_evaluation": {"config": {"diagnostic_events": 16}},
             # tiny data: two training weeks, a small forest, floors for a few hundred buyers a week
             # BART's top 12 as a source too (its fit before the first training week included)
             "candidates": {
@@ -202,7 +202,11 @@ PROFILES: dict[str, dict] = {
         },
         "resources": {
             "bart": {
-                "config": {"size": "tiny", "source_tokens": {v: 64 for v in VARIANTS} | {"image_full": 160}}
+                "config": {
+                    "size": "tiny",
+                    "source_tokens": {v: 64 for v in VARIANTS} | {"image_full": 160},
+                    "beams": 12,
+                }
             }
         },
     },

@@ -377,37 +377,17 @@ def test_a_fit_at_another_cutoff_repeats_the_variants_recipe_and_is_reused(catal
     )
     notes = load_bart(store.path("bart/semantic_id/validation/model"))[2]
     assert notes["trained_before"] == str(split.validation_start) and notes["recipe"]["model"] == made
-    again = fit_at(
-        "semantic_id",
-        "extra",
-        split.validation_start,
-        notes["recipe"],
-        tok,
-        codec,
-        seqs,
-        spec,
-        store,
-        ["toy"],
-    )
+
+    def extra(cutoff):
+        return fit_at("semantic_id", "extra", cutoff, notes["recipe"], tok, codec, seqs, spec, store, ["toy"])
+
+    again = extra(split.validation_start)
     assert again.result.steps == fitted.result.steps > 0
     for a, b in zip(fitted.model.parameters(), again.model.parameters(), strict=True):
         assert torch.equal(a, b)
-    reused = fit_at(
-        "semantic_id",
-        "extra",
-        split.validation_start,
-        notes["recipe"],
-        tok,
-        codec,
-        seqs,
-        spec,
-        store,
-        ["toy"],
-    )
+    reused = extra(split.validation_start)
     assert reused.result.seconds == 0.0 and reused.result.steps == again.result.steps
-    earlier = fit_at(
-        "semantic_id", "extra", dt.date(2020, 8, 20), notes["recipe"], tok, codec, seqs, spec, store, ["toy"]
-    )
+    earlier = extra(dt.date(2020, 8, 20))
     assert earlier.result.pairs < again.result.pairs and earlier.result.seconds > 0
     assert load_bart(store.path("bart/semantic_id/extra/model"))[2]["trained_before"] == "2020-08-20"
 

@@ -208,6 +208,14 @@ def test_whole_graph_materializes_on_tiny_data(
             "hm_recs_ranker",
             "hm_recs_recommender",
         } <= names
+        # every model is registered by its training asset: BART with the grounding it decided there
+        trained = instance.get_latest_materialization_event(
+            dg.AssetKey("bart_model_text_large")
+        ).asset_materialization
+        assert trained.metadata["registered_model"].value.startswith("hm_recs_bart_text_large v")
+        assert trained.metadata["grounding"].value["chosen"] in ("constrained", "nearest")
+        version = client.search_model_versions("name = 'hm_recs_bart_text_large'")[0]
+        assert client.get_run(version.run_id).info.run_name == "bart_model_text_large"
         champion = client.get_model_version_by_alias("hm_recs_recommender", "champion")
         assert champion.tags["status"] == "champion"
         # promotion is an asset on the lineage graph: its materialization records the decision,

@@ -265,13 +265,9 @@ def test_paired_differences_and_cold_start_rows():
     )
 
 
-def test_the_evaluation_refuses_a_model_trained_past_the_week(tiny):
-    from hm_recs.evaluation.protocol import EvaluationProtocol
-    from hm_recs.retrieval.bart_evaluation import BartEvaluationSettings, evaluate_bart
-
-    tok, model = tiny
-    codec = SequenceCodec(Catalogue(TEXTS, [None] * len(TEXTS)), VARIANTS["text_small"], tok, 64)
-    week = TargetWeek(
+def _one_event_week() -> TargetWeek:
+    """A validation week from 2020-09-09: one customer who had bought article 0 buys article 1."""
+    return TargetWeek(
         "validation",
         dt.date(2020, 9, 9),
         dt.date(2020, 9, 15),
@@ -284,6 +280,15 @@ def test_the_evaluation_refuses_a_model_trained_past_the_week(tiny):
         [np.array([0])],
         [{1}],
     )
+
+
+def test_the_evaluation_refuses_a_model_trained_past_the_week(tiny):
+    from hm_recs.evaluation.protocol import EvaluationProtocol
+    from hm_recs.retrieval.bart_evaluation import BartEvaluationSettings, evaluate_bart
+
+    tok, model = tiny
+    codec = SequenceCodec(Catalogue(TEXTS, [None] * len(TEXTS)), VARIANTS["text_small"], tok, 64)
+    week = _one_event_week()
     weeks = {"validation": week, "test": week}
 
     def make(variant, name, method, cutoff=dt.date(2020, 9, 16)):  # the refit that saw the validation week
@@ -304,6 +309,61 @@ def test_the_evaluation_refuses_a_model_trained_past_the_week(tiny):
     assert [r.model for r in ok.results] == ["bart_text_small", "bart_text_small"] and ok.text_rows[0][
         "best_distinct"
     ] == 1
+
+
+def test_the_grounding_is_decided_at_training_stored_and_what_the_evaluation_judges(
+    tiny, tmp_path, monkeypatch
+):
+    """Semantic IDs always decode under their trie; a configured grounding is taken as is; otherwise
+    the validation comparison decides. The decision goes to the model store (any worker reads it),
+    and the evaluation judges each variant with the grounding it was registered with."""
+    from hm_recs.artifacts import ModelStore
+    from hm_recs.evaluation.protocol import EvaluationProtocol
+    from hm_recs.retrieval import bart_evaluation as be
+
+    protocol, settings = EvaluationProtocol(n_bootstrap=10), be.BartEvaluationSettings(diagnostic_events=0)
+    assert be.decide_grounding(None, "semantic_id", None, protocol, settings)["chosen"] == "constrained"
+    configured = be.BartEvaluationSettings(grounding="nearest")
+    assert be.decide_grounding(None, "text_small", None, protocol, configured)["decided_on"] == "configured"
+    asked = []
+    monkeypatch.setattr(be, "choose_grounding", lambda *a: asked.append(a[1]) or {"chosen": "nearest"})
+    assert be.decide_grounding(object(), "text_large", object(), protocol, settings) == {"chosen": "nearest"}
+    assert asked == ["text_large"]
+
+    store = ModelStore(str(tmp_path / "models"), tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="materialize bart_model_text_small"):
+        be.load_grounding(store, "text_small")
+    decision = {"chosen": "constrained", "decided_on": "text_small, 500 validation events"}
+    be.save_grounding(store, "text_small", decision)
+    assert be.load_grounding(store, "text_small") == decision
+    assert be.served_settings("text_small", decision, settings) == {
+        "variant": "text_small",
+        "grounding": "constrained",
+        "beams": 20,
+        "generations": 4,
+    }
+
+    tok, model = tiny
+    codec = SequenceCodec(Catalogue(TEXTS, [None] * len(TEXTS)), VARIANTS["text_small"], tok, 64)
+    week = _one_event_week()
+    methods = []
+
+    def make(variant, name, method):
+        methods.append(method)
+        return BartRecommender(f"bart_{variant}", model, codec, method, beams=4, trained_before=week.start)
+
+    out = be.evaluate_bart(
+        make,
+        ["text_small"],
+        {"validation": week, "test": week},
+        protocol,
+        [],
+        {},
+        settings,
+        groundings={"text_small": decision},
+    )
+    assert methods == ["constrained", "constrained"] and out.grounding == {"text_small": decision}
+    assert {r["grounding"] for r in out.text_rows} == {"constrained"}
 
 
 def test_a_semantic_id_bart_bundle_serves_through_the_pyfunc_recommender(tiny, tmp_path):

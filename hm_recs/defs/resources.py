@@ -109,12 +109,8 @@ class LanceDBResource(ObjectStoreSettings):
 
     def storage_options(self) -> dict[str, str] | None:
         """LanceDB's (object_store's) option names."""
-        return (
-            self._options(
-                "aws_endpoint", "aws_access_key_id", "aws_secret_access_key", "aws_region", "allow_http"
-            )
-            or None
-        )
+        names = ("aws_endpoint", "aws_access_key_id", "aws_secret_access_key", "aws_region", "allow_http")
+        return self._options(*names) or None
 
 
 class ModelStoreResource(ObjectStoreSettings):
@@ -125,22 +121,20 @@ class ModelStoreResource(ObjectStoreSettings):
 
     def store(self) -> ModelStore:
         """boto3's option names."""
-        opts = self._options(
-            "endpoint_url", "aws_access_key_id", "aws_secret_access_key", "region_name", "allow_http"
-        )
+        names = ("endpoint_url", "aws_access_key_id", "aws_secret_access_key", "region_name", "allow_http")
+        opts = self._options(*names)
         opts.pop("allow_http", None)  # boto3 reads the scheme of endpoint_url
         return ModelStore(self.root, state_dir() / "cache" / "models", opts)
 
 
 class BartResource(dg.ConfigurableResource):
-    """What every BART asset shares: where the model comes from, the variants, the source budgets."""
+    """What every BART asset shares: where the model comes from, the variants, the source budgets, how
+    the output is decoded (the beams and generations a variant is grounded with, judged and served)."""
 
     pretrained: str | None = Field(
         default=None, description="hub id (facebook/bart-base, the paper's) or local path; None: from config"
     )
-    size: str = Field(
-        default="tiny", description="from-config size when pretrained is None: tiny | small | base"
-    )
+    size: str = Field(default="tiny", description="from-config size (pretrained None): tiny | small | base")
     max_source_tokens: int | None = Field(
         default=None,
         description="source budget of every variant; None: each variant's own (1,024, the paper's)",
@@ -150,6 +144,8 @@ class BartResource(dg.ConfigurableResource):
     )
     variants: list[str] = list(VARIANTS)
     seed: int = 0
+    beams: int = Field(default=20, description="constrained decoding's beam width")
+    generations: int = Field(default=4, description="nearest grounding: texts generated per request")
 
     def variant_names(self) -> list[str]:
         unknown = [v for v in [*self.variants, *self.source_tokens] if v not in VARIANTS]
@@ -173,10 +169,7 @@ class MLflowResource(dg.ConfigurableResource):
         default=None, description="folder or s3:// prefix for the experiment's artifacts"
     )
     experiment: str = "hm_recs"
-    ui_url: str = Field(
-        default="http://127.0.0.1:5000",
-        description="where the MLflow UI answers, for links in Dagster metadata",
-    )
+    ui_url: str = Field(default="http://127.0.0.1:5000", description="the MLflow UI, for links in Dagster")
 
     def settings(self) -> TrackingSettings:
         return TrackingSettings(self.tracking_uri, self.artifact_location, self.experiment)
@@ -242,12 +235,7 @@ class EvaluationProtocolResource(dg.ConfigurableResource):
     seed: int = 0
 
     def protocol(self) -> EvaluationProtocol:
-        return EvaluationProtocol(
-            mask_history=self.mask_history,
-            collapse_repeats=self.collapse_repeats,
-            n_bootstrap=self.n_bootstrap,
-            seed=self.seed,
-        )
+        return EvaluationProtocol(**self.model_dump())
 
 
 def _env_or(name: str, default: str) -> str | dg.EnvVar:

@@ -110,26 +110,32 @@ def log_vqgan(run: TrackedRun, weights: Path):
         )
 
 
-def log_bart(
-    run: TrackedRun,
-    lake: Lake,
-    variant: str,
-    settings: dict,
-    model: Path,
-    lancedb_uri: str,
-    evaluation: dict[str, list],
-    tables=None,
-):
-    """Register a BART variant with its grounding as ``hm_recs_bart_<variant>`` on its training run:
-    the model folder, the catalogue as it was read for evaluation (image codes, semantic IDs) and,
-    for nearest grounding, the item index (copied when local, by URI when in an object store).
-    ``tables``: the ``CatalogueTables`` the evaluation read (None: read from the lake).
-    ``evaluation``: the variant's ``samples``, BERTScore ``text_rows`` and protocol ``results``,
-    logged on the run beside the model."""
+def log_bart(run: TrackedRun, lake: Lake, variant: str, settings: dict, model: Path, lancedb_uri: str):
+    """Register a BART variant with its grounding (``settings``: ``served_settings``) as
+    ``hm_recs_bart_<variant>`` on its training run: the model folder, the catalogue as the lake holds
+    it now (image codes, semantic IDs) and, for nearest grounding, the item index (copied when local,
+    by URI when in an object store)."""
     import json
 
-    from hm_recs.reports import markdown_table
     from hm_recs.retrieval.catalogue import CatalogueTables
+
+    trained_before = dt.date.fromisoformat(json.loads((model / "hm_recs.json").read_text())["trained_before"])
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"model": model, **CatalogueTables.from_lake(lake).write(Path(tmp))}
+        if settings["grounding"] == "nearest":
+            if "://" in lancedb_uri:
+                settings = {**settings, "index_uri": lancedb_uri}
+            else:
+                files["lancedb"] = Path(lancedb_uri)
+        return log_recommender(
+            run, lake, "bart", f"bart_{variant}", settings, files, trained_before=trained_before
+        )
+
+
+def log_bart_evaluation(run: TrackedRun, evaluation: dict[str, list]) -> None:
+    """A variant's evaluation on its training run (``evaluation``: its ``samples``, BERTScore
+    ``text_rows`` and protocol ``results``): the metrics under the names every model's run uses."""
+    from hm_recs.reports import markdown_table
 
     if evaluation.get("samples"):
         run.log_text(markdown_table(evaluation["samples"]), "sample_generations.md")
@@ -143,15 +149,3 @@ def log_bart(
         )
     for res in evaluation.get("results", []):
         run.log_metrics({f"{res.week}_{m.replace('@', '_at_')}": v for m, (v, _, _) in res.metrics.items()})
-    trained_before = dt.date.fromisoformat(json.loads((model / "hm_recs.json").read_text())["trained_before"])
-    with tempfile.TemporaryDirectory() as tmp:
-        tables = tables if tables is not None else CatalogueTables.from_lake(lake)
-        files = {"model": model, **tables.write(Path(tmp))}
-        if settings["grounding"] == "nearest":
-            if "://" in lancedb_uri:
-                settings = {**settings, "index_uri": lancedb_uri}
-            else:
-                files["lancedb"] = Path(lancedb_uri)
-        return log_recommender(
-            run, lake, "bart", f"bart_{variant}", settings, files, trained_before=trained_before
-        )

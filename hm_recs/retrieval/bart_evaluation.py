@@ -3,9 +3,9 @@
 :func:`evaluate_bart` takes a way to build each variant's recommender for a week and returns a
 :class:`BartEvaluation` that the ``bart_evaluation`` asset only records:
 
-* **Grounding** chosen on the validation week (constrained decoding or nearest article), from a
-  seeded sample of its events, for the text variants; semantic-ID variants always decode under
-  their trie.
+* **Grounding** as the variant's training asset chose and registered it (:func:`decide_grounding`:
+  constrained decoding or nearest article, the better on a seeded sample of validation events, for
+  the text variants; semantic-ID variants always decode under their trie): what is served is judged.
 * **The shared protocol** for every variant on every event and every MAP@12 customer of both weeks.
 * **Paired bootstrap differences** on the same events (Recall@20) and customers (MAP@12): every
   variant against ``pop_time_decay`` and ``gru4rec_warm``, and every image variant against its
@@ -202,6 +202,81 @@ def choose_grounding(
     }
 
 
+def decide_grounding(
+    make: Callable[[str, str, str], BartRecommender] | None,
+    variant: str,
+    week: TargetWeek | None,
+    protocol: EvaluationProtocol,
+    settings: BartEvaluationSettings,
+) -> dict:
+    """How the variant's output becomes articles: constrained decoding for semantic IDs (they write
+    codes), ``settings.grounding`` when configured, else :func:`choose_grounding` on the validation
+    week (``make`` and ``week`` are only needed then)."""
+    if VARIANTS[variant].semantic_ids:
+        return {"chosen": "constrained", "decided_on": "semantic IDs: codes, not text"}
+    if settings.grounding is not None:
+        return {"chosen": settings.grounding, "decided_on": "configured"}
+    return choose_grounding(make, variant, week, protocol, settings)
+
+
+def grounding_on_validation(
+    lake,
+    store,
+    variant: str,
+    settings: BartEvaluationSettings,
+    protocol,
+    index_uri: str,
+    index_options,
+    device,
+) -> dict:
+    """:func:`decide_grounding` for the variant's stored models, with what a choice reads (the
+    validation week, the catalogue, the item index and its space) read only when one is made."""
+    if VARIANTS[variant].semantic_ids or settings.grounding is not None:
+        return decide_grounding(None, variant, None, protocol, settings)
+    from hm_recs.evaluation.weeks import load_target_weeks
+    from hm_recs.retrieval.catalogue import CatalogueTables
+    from hm_recs.retrieval.item_index import ItemIndex
+    from hm_recs.retrieval.item_space import SPACE_KEY, space_from_settings
+
+    weeks = {"validation": load_target_weeks(lake, protocol)["validation"]}
+    index = ItemIndex(index_uri, index_options)
+    space = space_from_settings(index.metadata(SPACE_KEY), device)
+    catalogue = CatalogueTables.from_lake(lake).catalogue()
+    make = stored_recommenders(store, catalogue, weeks, device, settings, index, space)
+    return decide_grounding(make, variant, weeks["validation"], protocol, settings)
+
+
+def served_settings(variant: str, decision: dict, settings: BartEvaluationSettings) -> dict:
+    """The registered recommender's decoding: the grounding decided, the beams and generations."""
+    return {
+        "variant": variant,
+        "grounding": decision["chosen"],
+        "beams": settings.beams,
+        "generations": settings.generations,
+    }
+
+
+def save_grounding(store, variant: str, decision: dict) -> str:
+    """The decision in the model store, where the evaluation (any worker) reads it."""
+    from hm_recs.artifacts import bart_grounding_key
+
+    path = store.path(bart_grounding_key(variant))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(decision, default=str))
+    return store.push(bart_grounding_key(variant))
+
+
+def load_grounding(store, variant: str) -> dict:
+    from hm_recs.artifacts import bart_grounding_key
+
+    try:
+        return json.loads(store.pull(bart_grounding_key(variant), required=True).read_text())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{e}: materialize bart_model_{variant} first (it decides the grounding)"
+        ) from e
+
+
 def evaluate_bart(
     make: Callable[[str, str, str], BartRecommender],
     variants: Sequence[str],
@@ -213,26 +288,20 @@ def evaluate_bart(
     space=None,
     index=None,
     progress: Callable[[str], None] = lambda _: None,
+    groundings: dict[str, dict] | None = None,
 ) -> BartEvaluation:
     """Every variant on every event and customer of both weeks, with everything the module lists.
 
     ``make(variant, week, method)`` builds the recommender for a week (its model must be trained
     before the week: :func:`model_for_week`); ``baselines`` are the other models' results on the
-    same weeks; ``seen_before[week]`` marks the articles bought before each week."""
-    text_variants = [v for v in variants if not VARIANTS[v].semantic_ids]
-    if text_variants and settings.grounding is None:
-        reference = "text_large" if "text_large" in text_variants else text_variants[0]
-        grounding = choose_grounding(make, reference, weeks["validation"], protocol, settings)
-    else:
-        grounding = {
-            "chosen": settings.grounding or "constrained",
-            "decided_on": "configured" if settings.grounding else "no text variant",
-        }
-    chosen = grounding["chosen"]
+    same weeks; ``seen_before[week]`` marks the articles bought before each week; ``groundings``:
+    variant -> its :func:`decide_grounding` (None: ``settings.grounding``, else constrained)."""
+    fixed = {"chosen": settings.grounding or "constrained", "decided_on": "configured"}
+    grounding = {v: (groundings or {}).get(v, fixed) for v in variants}
     out = BartEvaluation([], grounding)
     rng = np.random.default_rng(settings.seed)
     for variant in variants:
-        method = "constrained" if VARIANTS[variant].semantic_ids else chosen
+        method = "constrained" if VARIANTS[variant].semantic_ids else grounding[variant]["chosen"]
         for name in WEEKS:
             week = weeks[name]
             progress(f"{variant} / {name}: {week.n_events} events, {len(week.customers)} customers, {method}")
@@ -364,18 +433,6 @@ def write_tables(lake, result: BartEvaluation, protocol) -> None:
     lake.write(BART_COMPARISONS_TABLE, pa.Table.from_pylist(result.comparisons))
     if result.cold_start:
         lake.write(BART_COLD_START_TABLE, pa.Table.from_pylist(result.cold_start))
-
-
-def served_settings(result: BartEvaluation, variant: str, settings: BartEvaluationSettings) -> dict:
-    """How the registered recommender grounds its output: constrained for semantic IDs, else the
-    grounding chosen on the validation week."""
-    method = "constrained" if VARIANTS[variant].semantic_ids else result.grounding["chosen"]
-    return {
-        "variant": variant,
-        "grounding": method,
-        "beams": settings.beams,
-        "generations": settings.generations,
-    }
 
 
 def of_variant(result: BartEvaluation, variant: str) -> dict[str, list]:

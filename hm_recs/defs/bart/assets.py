@@ -6,12 +6,15 @@ from dagster import AssetExecutionContext
 
 from hm_recs.defs.bart.config import BartTrainingConfig
 from hm_recs.defs.bart.items import item_index, semantic_ids
+from hm_recs.defs.evaluation.assets import evaluation_events
 from hm_recs.defs.ingest.assets import article_features
 from hm_recs.defs.metadata import LOSS_DECREASED, checks, image_metadata, mlflow_metadata, table_metadata
 from hm_recs.defs.resources import (
     BartResource,
     ComputeResource,
+    EvaluationProtocolResource,
     LakeResource,
+    LanceDBResource,
     MLflowResource,
     ModelStoreResource,
 )
@@ -22,6 +25,7 @@ from hm_recs.models.bart import (
     PurchaseSequences,
     SequenceCodec,
     build_model,
+    fitted_models,
     new_model,
     purchase_sequences,
     settings_dict,
@@ -38,7 +42,9 @@ from hm_recs.models.bart_fitting import (
 )
 from hm_recs.plots import line_plot
 from hm_recs.profiles import TORCH_STEP
+from hm_recs.registry.logged import log_bart
 from hm_recs.reports import markdown_table
+from hm_recs.retrieval.bart_evaluation import grounding_on_validation, save_grounding, served_settings
 from hm_recs.retrieval.bart_recommender import BartRecommender, distinct_generations
 from hm_recs.retrieval.catalogue import CatalogueTables
 from hm_recs.retrieval.semantic_ids import catalogue_vocabulary
@@ -123,7 +129,7 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
         group_name="models",
         kinds={"pytorch", "mlflow"},
         op_tags=TORCH_STEP,
-        deps=[bart_training_sequences],
+        deps=[bart_training_sequences, item_index, evaluation_events],
         check_specs=checks(
             f"bart_model_{variant}",
             training_loss_decreased=LOSS_DECREASED,
@@ -135,7 +141,8 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
         description=f"BART trained on the `{variant}` sequences ({VARIANTS[variant]}): "
         "one model on the data before the "
         "validation week, with `refit_for_test` one before the test week, with `refit_for_serving` one on "
-        "every week (registered and served).",
+        "every week; the newest registered as `hm_recs_bart_" + variant + "` with its grounding (text "
+        "variants: constrained or nearest, the better on validation events).",
     )
     def _model(
         context: AssetExecutionContext,
@@ -145,6 +152,8 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
         compute: ComputeResource,
         mlflow: MLflowResource,
         models: ModelStoreResource,
+        lancedb: LanceDBResource,
+        evaluation_protocol: EvaluationProtocolResource,
     ) -> dg.MaterializeResult:
         lk = lake.open()
         with mlflow.run(context, f"bart_model_{variant}", lk, (SEQUENCES,)) as run:
@@ -157,11 +166,28 @@ def _bart_model_asset(variant: str) -> dg.AssetsDefinition:
                     "max_source_tokens": config.max_source_tokens or bart.budget(variant),
                 }
             )
-            result, plot = _train_variant(context, variant, config, bart, lk, compute, run, models.store())
+            store = models.store()
+            result, plot = _train_variant(context, variant, config, bart, lk, compute, run, store)
             if plot:
                 run.log_image(plot, f"bart_{variant}_loss.png")
-            # the evaluation registers the grounded model on this run: its id travels as metadata
+            settings = config.grounding_settings(bart.beams, bart.generations)
+            decision = grounding_on_validation(
+                lk,
+                store,
+                variant,
+                settings,
+                evaluation_protocol.protocol(),
+                lancedb.uri,
+                lancedb.storage_options(),
+                compute.spec().torch_device(),
+            )
+            save_grounding(store, variant, decision)
+            newest = fitted_models(store, variant)[-1]  # on every week when refit for serving
+            mv = log_bart(run, lk, variant, served_settings(variant, decision, settings), newest, lancedb.uri)
+            # the evaluation logs its metrics on this run: its id travels as metadata
             result.metadata.update(mlflow_metadata(mlflow, run))
+            result.metadata["grounding"] = dg.MetadataValue.json(decision)
+            result.metadata["registered_model"] = f"{mv.name} v{mv.version}"
         return result
 
     return _model
@@ -262,4 +288,3 @@ bart_model_image_full = bart_models["image_full"]
 bart_model_image_compact = bart_models["image_compact"]
 bart_model_semantic_id = bart_models["semantic_id"]
 bart_model_semantic_id_text = bart_models["semantic_id_text"]
-_ = item_index  # the evaluation reads the index; imported here for the graph's readers

@@ -40,6 +40,13 @@ class BartTrainingConfig(dg.Config):
     seed: int = 0  # the variant's own seed is derived from it
     distinct_sources: int = 256  # validation sources the distinct-generations check decodes
     min_distinct_share: float = 0.25  # ... and the share of them that must get a list of their own (top 12)
+    # text variants: how the output becomes articles (constrained | nearest); None: the better on
+    # comparison_events validation events (semantic-ID variants always decode under their trie)
+    grounding: str | None = None
+    comparison_events: int = 500
+
+    def grounding_settings(self, beams: int, generations: int) -> BartEvaluationSettings:
+        return BartEvaluationSettings(self.grounding, self.comparison_events, beams, generations)
 
     def plan(self) -> RefitPlan:
         recency = RecencyPass(self.recent_weeks or 1, self.recent_epochs, self.recent_learning_rate_scale)
@@ -71,10 +78,9 @@ class BartTrainingConfig(dg.Config):
 
 
 class BartEvaluationConfig(dg.Config):
-    grounding: str | None = None  # constrained | nearest; None: the better on a sample of validation events
-    comparison_events: int = 500
-    beams: int = 20  # constrained decoding's beam width
-    generations: int = 4  # nearest grounding: texts generated per request
+    """How the variants are judged; how each grounds its output was decided and registered by its
+    training asset, and the beams and generations are the ``bart`` resource's."""
+
     close_distance: float = (
         0.15  # item-space cosine distance above which a free generation "matches no article closely"
     )
@@ -87,13 +93,11 @@ class BartEvaluationConfig(dg.Config):
     )
     max_customers: int | None = None  # MAP@12 customers, likewise
 
-    def settings(self) -> BartEvaluationSettings:
+    def settings(self, beams: int, generations: int) -> BartEvaluationSettings:
         return BartEvaluationSettings(
-            self.grounding,
-            self.comparison_events,
-            self.beams,
-            self.generations,
-            self.close_distance,
-            self.diagnostic_events,
-            self.bertscore_model,
+            beams=beams,
+            generations=generations,
+            close_distance=self.close_distance,
+            diagnostic_events=self.diagnostic_events,
+            bertscore_model=self.bertscore_model,
         )

@@ -1,4 +1,4 @@
-"""BART on the shared protocol, beside POP and GRU4Rec, and its registration."""
+"""BART on the shared protocol, beside POP and GRU4Rec."""
 
 import dagster as dg
 from dagster import AssetExecutionContext
@@ -21,17 +21,16 @@ from hm_recs.defs.resources import (
 )
 from hm_recs.evaluation.protocol import metric_table, metrics_are_sane
 from hm_recs.evaluation.weeks import load_target_weeks, metrics_table
-from hm_recs.models.bart import fitted_models
 from hm_recs.profiles import TORCH_STEP
-from hm_recs.registry.logged import log_bart
+from hm_recs.registry.logged import log_bart_evaluation
 from hm_recs.registry.tracking import TrackedRun
 from hm_recs.reports import cold_start_table, differences_table, markdown_table
 from hm_recs.retrieval.bart_evaluation import (
     bought_before,
     evaluate_bart,
+    load_grounding,
     of_variant,
     reference_baselines,
-    served_settings,
     stored_recommenders,
     write_tables,
 )
@@ -66,11 +65,11 @@ def bart_evaluation(
     mlflow: MLflowResource,
     models: ModelStoreResource,
 ) -> dg.MaterializeResult:
-    """Every variant on every event and MAP@12 customer of both weeks (the shared protocol), with the
-    grounding chosen on validation, paired differences against ``pop_time_decay`` and
+    """Every variant on every event and MAP@12 customer of both weeks (the shared protocol), grounded
+    as its training asset registered it, paired differences against ``pop_time_decay`` and
     ``gru4rec_warm`` and between image variants and their text-only twins, cold-start events,
-    BERTScore (the paper's Table 4) and how close free generations come to real articles; registers
-    each variant as ``hm_recs_bart_<variant>``."""
+    BERTScore (the paper's Table 4) and how close free generations come to real articles; each
+    variant's metrics logged on its training run."""
     lk, store = lake.open(), models.store()
     device = compute.spec().torch_device()
     protocol = evaluation_protocol.protocol()
@@ -78,25 +77,28 @@ def bart_evaluation(
     weeks = load_target_weeks(lk, protocol, purchases=purchases, split=split)
     if config.max_events is not None:  # the same seeded sample for BART and the baselines it is compared with
         weeks = {k: w.subset(config.max_events, config.max_customers) for k, w in weeks.items()}
-    tables = CatalogueTables.from_lake(lk)  # read once: the evaluation and every registered bundle
-    catalogue = tables.catalogue()
+    catalogue = CatalogueTables.from_lake(lk).catalogue()
     index = ItemIndex(lancedb.uri, lancedb.storage_options())
     space = space_from_settings(index.metadata(SPACE_KEY), device)
-    settings = config.settings()
+    settings = config.settings(bart.beams, bart.generations)
     make = stored_recommenders(store, catalogue, weeks, device, settings, index, space)
     baselines = reference_baselines(lk, store, weeks, protocol, device)
     items, days = purchases["article_idx"].to_numpy(), purchases["t_dat"].to_numpy()
     seen = {w: bought_before(items, days, weeks[w].start, len(catalogue)) for w in TARGETS}
     variants = bart.variant_names()
+    groundings = {v: load_grounding(store, v) for v in variants}
     result = evaluate_bart(
-        make, variants, weeks, protocol, baselines, seen, settings, space, index, progress=context.log.info
+        make, variants, weeks, protocol, baselines, seen, settings, space, index, context.log.info, groundings
     )
     write_tables(lk, result, protocol)
     meta = _metadata(lk, protocol, result, baselines, weeks)
-    registered = {
-        v: _register(context, mlflow, lk, store, lancedb.uri, result, v, settings, tables) for v in variants
-    }
-    meta["registered_models"] = dg.MetadataValue.json(registered)
+    logged = {}
+    for v in variants:
+        run_id = _training_run(context, v)
+        if run_id is not None:
+            log_bart_evaluation(TrackedRun(mlflow.settings(), run_id), of_variant(result, v))
+        logged[v] = run_id or "no MLflow run recorded for its training"
+    meta["logged_on_training_runs"] = dg.MetadataValue.json(logged)
     ok, info = metrics_are_sane(result.results)
     valid = all(r.metrics["Coverage@12"][0] > 0 for r in result.results)
     return dg.MaterializeResult(
@@ -124,24 +126,6 @@ def _metadata(lk, protocol, result, baselines, weeks) -> dict:
         markdown_table(result.samples[:12]) if result.samples else ""
     )
     return meta
-
-
-def _register(context, mlflow, lk, store, index_uri, result, variant: str, settings, tables) -> str:
-    """The variant with its grounding on its training run (found in the training asset's metadata)."""
-    run_id = _training_run(context, variant)
-    if run_id is None:
-        return "not registered: no MLflow run recorded for its training"
-    mv = log_bart(
-        TrackedRun(mlflow.settings(), run_id),
-        lk,
-        variant,
-        served_settings(result, variant, settings),
-        fitted_models(store, variant)[-1],  # the newest: on every week when refit for serving
-        index_uri,
-        of_variant(result, variant),
-        tables,
-    )
-    return f"{mv.name} v{mv.version}"
 
 
 def _training_run(context, variant: str) -> str | None:
