@@ -4,8 +4,9 @@
 
 Starts the Dagster webserver (on the demo's instance, ``$DAGSTER_HOME`` or ``state/dagster``) and
 the MLflow UI (on ``HM_MLFLOW_TRACKING_URI`` or ``state/mlflow/mlflow.db``) on spare ports, saves
-the asset graph, the ranking group, the ``ranker_model`` page (its feature-importance plot), the
-``model_comparison`` asset page, the MLflow experiment's Models tab and the
+the asset graph, the ranking group, the ``ranker_model`` page (its feature-importance plot), a BART
+training asset's page (its grounding and the version it registered), the ``model_comparison`` asset
+page, the MLflow experiment's Models tab and the
 MLflow compare view of every model run, then stops both servers. Needs Debian's ``chromium``
 (``apt-get install chromium``) driven by Playwright (``pip install playwright``; no browser
 download: it runs the system Chromium). The pages are single-page apps: each shot waits until the
@@ -176,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
                 "ranker_feature_importance",
                 1000,
                 (("click", "[Show Markdown]"),),
+            ),
+            (
+                "dagster_bart_model.png",
+                f"{dagster}/assets/bart_model_semantic_id",
+                "registered_model",
+                1700,
+                (),
             ),
             ("dagster_model_comparison.png", asset, "Columns", 2250, ()),
             ("dagster_comparison_table.png", asset, "Columns", 1000, (("click", "[Show Markdown]"),)),
