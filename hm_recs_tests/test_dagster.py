@@ -118,11 +118,14 @@ def test_whole_graph_materializes_on_tiny_data(
     from hm_recs.evaluation.weeks import read_metrics
     from hm_recs.paths import state_dir
 
+    # its own local state: other tests of this worker's session leave models in the session's, and
+    # this test asserts that nothing reaches the local disk but the working copies
+    monkeypatch.setenv("HM_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("HM_DATA_DIR", str(tiny_dataset))
     monkeypatch.setenv("HM_LAKE_URI", str(tmp_path / "lake"))
     monkeypatch.setenv("HM_LANCEDB_URI", str(tmp_path / "lancedb"))
-    # its own tracking store (other tests of this worker's session register champions in the
-    # session's), named in the environment as a server would be, so the fresh workers share it
+    # the tracking store named in the environment as a server would be: the fresh workers below, each
+    # with an empty state folder of its own, share it
     monkeypatch.setenv("HM_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     endpoint = s3_endpoint
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="hm-models")
